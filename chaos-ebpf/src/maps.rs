@@ -1,0 +1,55 @@
+//! Every map of the program, in one place. Names carry the `CHAOS_` prefix so `bpftool map`
+//! shows whose they are; the loader looks them up by these names.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LpmTrie, PerCpuArray},
+};
+use chaos_common::{
+    GenSettings, RuleAction, RuleCounters, RuntimeConfig,
+    rules::{GENERATIONS, Ipv4LpmData, Ipv6LpmData, MAX_PREFIXES, MAX_RULES, PORTS, RuleMask},
+};
+
+/// Single entry: which generation is live.
+#[map]
+pub static CHAOS_CONFIG: Array<RuntimeConfig> = Array::with_max_entries(1, 0);
+
+/// Per-generation masks that no packet field keys: direction, protocol, "any" defaults.
+#[map]
+pub static CHAOS_SETTINGS: Array<GenSettings> = Array::with_max_entries(GENERATIONS, 0);
+
+/// Rules constrained on the destination port that accept a port: `gen * PORTS + port`.
+#[map]
+pub static CHAOS_DPORT_RULES: Array<RuleMask> = Array::with_max_entries(GENERATIONS * PORTS, 0);
+
+/// Rules constrained on the source port that accept a port: `gen * PORTS + port`.
+#[map]
+pub static CHAOS_SPORT_RULES: Array<RuleMask> = Array::with_max_entries(GENERATIONS * PORTS, 0);
+
+/// IPv4 source prefixes: each value holds every rule whose prefix contains the key's.
+#[map]
+pub static CHAOS_SRC4_RULES: LpmTrie<Ipv4LpmData, RuleMask> =
+    LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+
+/// IPv4 destination prefixes.
+#[map]
+pub static CHAOS_DST4_RULES: LpmTrie<Ipv4LpmData, RuleMask> =
+    LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+
+/// IPv6 source prefixes.
+#[map]
+pub static CHAOS_SRC6_RULES: LpmTrie<Ipv6LpmData, RuleMask> =
+    LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+
+/// IPv6 destination prefixes.
+#[map]
+pub static CHAOS_DST6_RULES: LpmTrie<Ipv6LpmData, RuleMask> =
+    LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+
+/// What each rule does: `gen * MAX_RULES + rule`.
+#[map]
+pub static CHAOS_ACTIONS: Array<RuleAction> = Array::with_max_entries(GENERATIONS * MAX_RULES, 0);
+
+/// Per-CPU counters by counter slot; the loader sums the CPUs.
+#[map]
+pub static CHAOS_COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_RULES, 0);

@@ -1,0 +1,202 @@
+//! Matching a parsed packet against the live rule set, and the drop decision.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
+    helpers::{bpf_get_prandom_u32, bpf_redirect},
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use chaos_common::{
+    RuleAction, RuleCounters,
+    rules::{FAMILY_V4, LPM_GEN_BITS, MAX_RULES, PORTS, PROB_ONE, RuleMask},
+};
+
+use crate::{
+    maps::{
+        CHAOS_ACTIONS, CHAOS_CONFIG, CHAOS_COUNTERS, CHAOS_DPORT_RULES, CHAOS_DST4_RULES,
+        CHAOS_DST6_RULES, CHAOS_SETTINGS, CHAOS_SPORT_RULES, CHAOS_SRC4_RULES, CHAOS_SRC6_RULES,
+    },
+    parse::{Flow, parse},
+};
+
+/// Bits of a `u16` GSO segment count: bounds the exponentiation loop for the verifier.
+const SEGS_BITS: usize = 16;
+
+/// Decides one packet seen in direction `dir` (`DIR_INGRESS` or `DIR_EGRESS`).
+#[inline(always)]
+pub fn classify(ctx: &TcContext, dir: usize) -> i32 {
+    match try_classify(ctx, dir) {
+        Some(verdict) => verdict,
+        None => TC_ACT_OK as i32,
+    }
+}
+
+#[inline(always)]
+fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
+    let generation = CHAOS_CONFIG.get(0)?.active_gen;
+    let settings = CHAOS_SETTINGS.get(generation)?;
+    // Direction alone rules out every rule on an interface watched one way only: test it before
+    // touching the packet.
+    let mut rules = *settings.dir_rules.get(dir)?;
+    if rules == 0 {
+        return None;
+    }
+    let flow = parse(ctx)?;
+    rules &= *settings.proto_rules.get(flow.proto)?;
+    // Ports before prefixes: an array index is cheaper than a trie walk and usually more selective.
+    rules &= match flow.ports {
+        Some((sport, dport)) => {
+            port_rules(&CHAOS_DPORT_RULES, generation, dport, settings.dport_any)
+                & port_rules(&CHAOS_SPORT_RULES, generation, sport, settings.sport_any)
+        }
+        None => settings.portless_rules,
+    };
+    if rules == 0 {
+        return None;
+    }
+    rules &= prefix_rules(&flow, generation, settings.src_any, settings.dst_any)?;
+    if rules == 0 {
+        return None;
+    }
+    let rule = lowest_bit(rules);
+    let action = CHAOS_ACTIONS.get(generation * MAX_RULES + rule)?;
+    Some(apply(ctx, action))
+}
+
+#[inline(always)]
+fn port_rules(
+    map: &aya_ebpf::maps::Array<RuleMask>,
+    generation: u32,
+    port: u16,
+    any: RuleMask,
+) -> RuleMask {
+    map.get(generation * PORTS + u32::from(port))
+        .copied()
+        .unwrap_or(0)
+        | any
+}
+
+#[inline(always)]
+fn prefix_rules(
+    flow: &Flow,
+    generation: u32,
+    src_any: [RuleMask; 2],
+    dst_any: [RuleMask; 2],
+) -> Option<RuleMask> {
+    // The generation is the key's first byte, so a lookup never sees the other generation's
+    // prefixes; a miss leaves only the rules that have no prefix for this family.
+    let generation = generation as u8;
+    if flow.family == FAMILY_V4 {
+        let src = v4_key(generation, &flow.src);
+        let dst = v4_key(generation, &flow.dst);
+        let s = CHAOS_SRC4_RULES.get(&src).copied().unwrap_or(src_any[0]);
+        let d = CHAOS_DST4_RULES.get(&dst).copied().unwrap_or(dst_any[0]);
+        Some(s & d)
+    } else {
+        let src = v6_key(generation, &flow.src);
+        let dst = v6_key(generation, &flow.dst);
+        let s = CHAOS_SRC6_RULES.get(&src).copied().unwrap_or(src_any[1]);
+        let d = CHAOS_DST6_RULES.get(&dst).copied().unwrap_or(dst_any[1]);
+        Some(s & d)
+    }
+}
+
+#[inline(always)]
+fn v4_key(generation: u8, addr: &[u8; 16]) -> Key<[u8; 5]> {
+    Key::new(
+        LPM_GEN_BITS + 32,
+        [generation, addr[0], addr[1], addr[2], addr[3]],
+    )
+}
+
+#[inline(always)]
+fn v6_key(generation: u8, addr: &[u8; 16]) -> Key<[u8; 17]> {
+    let mut data = [0u8; 17];
+    data[0] = generation;
+    data[1..].copy_from_slice(addr);
+    Key::new(LPM_GEN_BITS + 128, data)
+}
+
+/// Index of the lowest set bit of a non-zero mask, by binary search: BPF has no count-trailing-
+/// zeros instruction and LLVM would otherwise need a lookup table in .rodata.
+#[inline(always)]
+fn lowest_bit(mut mask: RuleMask) -> u32 {
+    let mut index = 0;
+    let mut width = RuleMask::BITS / 2;
+    while width > 0 {
+        let low = (1u64 << width) - 1;
+        if mask & low == 0 {
+            mask >>= width;
+            index += width;
+        }
+        width /= 2;
+    }
+    index
+}
+
+/// Counts the packet under its rule and drops it with the rule's probability.
+#[inline(always)]
+fn apply(ctx: &TcContext, action: &RuleAction) -> i32 {
+    // SAFETY: reading a field of the context the kernel handed us.
+    let segs = u64::from(unsafe { (*ctx.skb.skb).gso_segs }.max(1));
+    let bytes = u64::from(ctx.len());
+    let drop = should_drop(action.drop_prob, segs);
+    if let Some(counters) = CHAOS_COUNTERS.get_ptr_mut(action.counter_slot) {
+        // SAFETY: a per-CPU slot: no other program run touches it concurrently.
+        let c: &mut RuleCounters = unsafe { &mut *counters };
+        c.matched_pkts += 1;
+        c.matched_segs += segs;
+        c.matched_bytes += bytes;
+        if drop {
+            c.dropped_pkts += 1;
+            c.dropped_segs += segs;
+            c.dropped_bytes += bytes;
+        }
+    }
+    if !drop {
+        return TC_ACT_OK as i32;
+    }
+    // Loss must be silent, as on a wire. TC_ACT_SHOT on egress hands the sending socket an error
+    // (ping and TCP just resend at once), and TC_ACT_STOLEN means "next program" under TCX.
+    // Redirecting to ifindex 0 finds no device, so the kernel frees the skb and still reports
+    // success to the sender, under TCX and netlink cls_bpf alike.
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(0, 0) };
+    TC_ACT_REDIRECT as i32
+}
+
+/// Whether a packet of `segs` wire segments is lost, each segment independently with
+/// probability `drop_prob` (scaled by `PROB_ONE`). A GSO packet is lost whole when any of its
+/// segments would be: probability 1 - (1 - p)^segs.
+#[inline(always)]
+fn should_drop(drop_prob: u32, segs: u64) -> bool {
+    if drop_prob == 0 {
+        return false;
+    }
+    let threshold = if segs <= 1 {
+        u64::from(drop_prob)
+    } else {
+        let keep = u64::from(PROB_ONE - drop_prob.min(PROB_ONE));
+        u64::from(PROB_ONE) - pow_prob(keep, segs)
+    };
+    // SAFETY: plain helper call.
+    let roll = u64::from(unsafe { bpf_get_prandom_u32() } >> 1);
+    roll < threshold
+}
+
+/// `base^exp` in `PROB_ONE` fixed point; both stay ≤ 2^31 so products fit in a u64.
+#[inline(always)]
+fn pow_prob(mut base: u64, mut exp: u64) -> u64 {
+    let mut result = u64::from(PROB_ONE);
+    for _ in 0..SEGS_BITS {
+        if exp & 1 != 0 {
+            result = (result * base) >> 31;
+        }
+        exp >>= 1;
+        if exp == 0 {
+            break;
+        }
+        base = (base * base) >> 31;
+    }
+    result
+}

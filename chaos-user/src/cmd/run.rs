@@ -1,0 +1,290 @@
+//! `chaos run`: inject faults on one interface in the foreground until stopped.
+
+use std::{
+    io::{IsTerminal as _, Write as _},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use clap::{Args, ValueEnum};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    InputError, caps,
+    compile::{CompiledRules, compile},
+    datapath::{Datapath, is_permission_error},
+    netns,
+    report::{RuleReport, json_lines, table},
+    rule::{Direction, Rule},
+};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// A table (refreshed live when stdout is a terminal).
+    #[default]
+    Text,
+    /// One JSON object per rule, printed at exit.
+    Json,
+}
+
+/// Inject faults on one interface until Ctrl-C, SIGTERM or the end of --duration.
+#[derive(Debug, Args)]
+#[command(after_help = RULE_HELP)]
+pub struct RunArgs {
+    /// Interface to attach to, e.g. eth0 or veth0.
+    #[arg(long, value_name = "IFACE")]
+    pub iface: String,
+
+    /// Run inside this named network namespace (as `ip netns exec NAME`).
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+
+    /// A fault rule; repeat for several. The first rule that matches a packet decides.
+    #[arg(long = "rule", value_name = "RULE", required = true)]
+    pub rules: Vec<String>,
+
+    /// Stop after this long, e.g. 30s, 5m, 1h30m. Default: run until interrupted.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Format of the report.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+const RULE_HELP: &str = "\
+RULE is space-separated key=value pairs:
+  dir=egress|ingress     direction (default egress)
+  proto=tcp|udp|any      protocol (default any; with ports, any means tcp or udp)
+  dport=N | dport=N-M    destination port or inclusive range (1-65535)
+  sport=N | sport=N-M    source port or range
+  dst=CIDR  src=CIDR     IPv4 or IPv6 prefix; a bare address means that host
+  drop=P                 share of wire packets lost: 0..1 or a percentage (30%)
+
+Example:
+  chaos run --iface veth0 --rule 'proto=udp dport=9000 dst=198.18.0.2/32 drop=30%' --duration 10s
+
+Loss is silent as on a wire: senders are not told. A TCP super-packet (GSO) is lost whole
+when any of its segments would be, so loss of TCP bulk traffic comes in bursts.
+Needs CAP_NET_ADMIN and CAP_BPF (and CAP_SYS_ADMIN with --netns). Exit status 2 means bad
+input or an unfit environment; nothing was attached.";
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 10s, 5m, 1h)"))?;
+    if d.is_zero() {
+        return Err("must be longer than zero".to_owned());
+    }
+    Ok(d)
+}
+
+/// Everything validated before the kernel is touched.
+struct Plan {
+    rules: Vec<Rule>,
+    compiled: CompiledRules,
+    directions: Vec<Direction>,
+}
+
+fn plan(args: &RunArgs) -> Result<Plan, InputError> {
+    let rules = args
+        .rules
+        .iter()
+        .map(|text| {
+            text.parse::<Rule>()
+                .map_err(|e| InputError(format!("--rule '{text}': {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let compiled = compile(&rules).map_err(|e| InputError(e.to_string()))?;
+    let mut directions: Vec<Direction> = Vec::new();
+    for rule in &rules {
+        if !directions.contains(&rule.direction) {
+            directions.push(rule.direction);
+        }
+    }
+    Ok(Plan {
+        rules,
+        compiled,
+        directions,
+    })
+}
+
+/// Validates, enters the namespace, loads and attaches, then runs until stopped. Must run
+/// before any other thread exists (see `netns::enter`).
+pub fn run(args: RunArgs) -> Result<()> {
+    let plan = plan(&args)?;
+    let effective = caps::effective().context("reading capabilities")?;
+    if let Some(cap) = caps::missing_for_run(effective, args.netns.is_some()).first() {
+        return Err(InputError(format!(
+            "missing capability {} ({}); run as root or grant it",
+            cap.name, cap.why
+        ))
+        .into());
+    }
+    if let Some(name) = &args.netns {
+        netns::enter(name).map_err(|e| InputError(e.to_string()))?;
+    }
+    if netns::if_index(&args.iface).is_none() {
+        let place = args.netns.as_ref().map_or_else(
+            || "this network namespace".to_owned(),
+            |n| format!("network namespace '{n}'"),
+        );
+        return Err(InputError(format!("interface '{}' not found in {place}", args.iface)).into());
+    }
+    let mut datapath = Datapath::load().map_err(|e| {
+        if is_permission_error(&e) {
+            InputError(format!(
+                "{e}: missing privilege (needs CAP_BPF and CAP_NET_ADMIN)"
+            ))
+        } else {
+            InputError(format!(
+                "this kernel cannot run chaos's TC program (needs BPF, BTF and clsact/TCX): {e}"
+            ))
+        }
+    })?;
+    datapath.apply(&plan.compiled).context("writing rules")?;
+    for direction in &plan.directions {
+        // On failure the Datapath drop detaches whatever was attached before.
+        datapath
+            .attach(&args.iface, *direction)
+            .map_err(|e| InputError(e.to_string()))?;
+    }
+    announce(&args, &plan.directions);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let live = args.output == Output::Text && std::io::stdout().is_terminal();
+    let waited = runtime.block_on(wait(&datapath, &plan.rules, args.duration, live));
+    // Detach before reporting, and even if waiting failed: the interface must be left clean.
+    let detached = datapath.detach_all().context("detaching");
+    let reports = reports(&datapath, &plan.rules)?;
+    waited?;
+    detached?;
+    print_final(&reports, args.output, live)
+}
+
+fn announce(args: &RunArgs, directions: &[Direction]) {
+    let dirs: Vec<&str> = directions.iter().map(|d| d.as_str()).collect();
+    let netns = args
+        .netns
+        .as_ref()
+        .map_or(String::new(), |n| format!(" in netns {n}"));
+    let until = args.duration.map_or("Ctrl-C".to_owned(), |d| {
+        format!("{} or Ctrl-C", humantime::format_duration(d))
+    });
+    // Scripts and tests wait for this line: the rules are live once it is printed.
+    eprintln!(
+        "chaos: injecting on {} ({}){netns}; stopping at {until}",
+        args.iface,
+        dirs.join(", ")
+    );
+}
+
+fn reports(datapath: &Datapath, rules: &[Rule]) -> Result<Vec<RuleReport>> {
+    let counters = datapath
+        .counters(rules.len() as u32)
+        .context("reading counters")?;
+    Ok(rules
+        .iter()
+        .zip(&counters)
+        .enumerate()
+        .map(|(i, (rule, c))| RuleReport::new(i, rule, c))
+        .collect())
+}
+
+async fn wait(
+    datapath: &Datapath,
+    rules: &[Rule],
+    duration: Option<Duration>,
+    live: bool,
+) -> Result<()> {
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let deadline = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut drawn_lines = 0;
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            () = &mut deadline => break,
+            _ = tick.tick(), if live => {
+                let text = table(&reports(datapath, rules)?);
+                drawn_lines = redraw(&text, drawn_lines)?;
+            }
+        }
+    }
+    if live {
+        // Leave the last live frame for the final table to replace.
+        redraw("", drawn_lines)?;
+    }
+    Ok(())
+}
+
+/// Replaces the previous frame of `previous_lines` lines with `text`.
+fn redraw(text: &str, previous_lines: usize) -> Result<usize> {
+    let mut out = std::io::stdout().lock();
+    if previous_lines > 0 {
+        // Cursor up, then clear to the end of the screen.
+        write!(out, "\x1b[{previous_lines}A\x1b[J")?;
+    }
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(text.lines().count())
+}
+
+fn print_final(reports: &[RuleReport], output: Output, _live: bool) -> Result<()> {
+    let text = match output {
+        Output::Text => table(reports),
+        Output::Json => json_lines(reports)?,
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(rules: &[&str]) -> RunArgs {
+        RunArgs {
+            iface: "lo".into(),
+            netns: None,
+            rules: rules.iter().map(|r| (*r).to_owned()).collect(),
+            duration: None,
+            output: Output::Text,
+        }
+    }
+
+    #[test]
+    fn plan_collects_directions_in_order() {
+        let p = plan(&args(&[
+            "dir=ingress drop=1",
+            "drop=1",
+            "dir=ingress dport=1",
+        ]))
+        .unwrap();
+        assert_eq!(p.directions, vec![Direction::Ingress, Direction::Egress]);
+    }
+
+    #[test]
+    fn plan_names_the_bad_rule() {
+        let err = plan(&args(&["drop=1", "dport=0"])).unwrap_err().to_string();
+        assert_eq!(err, "--rule 'dport=0': dport=0: ports are 1-65535");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

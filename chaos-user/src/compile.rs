@@ -1,0 +1,264 @@
+//! Turns parsed rules into the map entries of one generation (see `chaos_common::rules`).
+//!
+//! Pure data in, pure data out: everything here is unit-testable without a kernel.
+
+use chaos_common::{
+    GenSettings, RuleAction,
+    rules::{
+        DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, MAX_RULES, PROB_ONE, PROTO_OTHER, PROTO_TCP,
+        PROTO_UDP, RuleMask,
+    },
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use thiserror::Error;
+
+use crate::rule::{Direction, PortRange, Protocol, Rule};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error("{0} rules given; at most {MAX_RULES} fit in one rule set")]
+    TooManyRules(usize),
+}
+
+/// A rule set as map entries. Port and prefix lists hold only entries with a rule bit set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompiledRules {
+    pub settings: GenSettings,
+    pub dport: Vec<(u16, RuleMask)>,
+    pub sport: Vec<(u16, RuleMask)>,
+    pub src4: Vec<(Ipv4Net, RuleMask)>,
+    pub dst4: Vec<(Ipv4Net, RuleMask)>,
+    pub src6: Vec<(Ipv6Net, RuleMask)>,
+    pub dst6: Vec<(Ipv6Net, RuleMask)>,
+    pub actions: Vec<RuleAction>,
+}
+
+/// Compiles `rules` in priority order: rule `i` gets bit `i` and counter slot `i`.
+pub fn compile(rules: &[Rule]) -> Result<CompiledRules, CompileError> {
+    if rules.len() > MAX_RULES as usize {
+        return Err(CompileError::TooManyRules(rules.len()));
+    }
+    let mut settings = GenSettings::default();
+    let mut dport = vec![0; 1 << 16];
+    let mut sport = vec![0; 1 << 16];
+    for (i, rule) in rules.iter().enumerate() {
+        let bit: RuleMask = 1 << i;
+        let dir = match rule.direction {
+            Direction::Ingress => DIR_INGRESS,
+            Direction::Egress => DIR_EGRESS,
+        };
+        settings.dir_rules[dir] |= bit;
+        match rule.protocol {
+            Protocol::Tcp => settings.proto_rules[PROTO_TCP] |= bit,
+            Protocol::Udp => settings.proto_rules[PROTO_UDP] |= bit,
+            Protocol::Any => {
+                settings.proto_rules[PROTO_TCP] |= bit;
+                settings.proto_rules[PROTO_UDP] |= bit;
+                // Only TCP and UDP have ports: a rule with ports cannot match ICMP and friends.
+                if !rule.has_ports() {
+                    settings.proto_rules[PROTO_OTHER] |= bit;
+                }
+            }
+        }
+        if !rule.has_ports() {
+            settings.portless_rules |= bit;
+        }
+        mark_ports(&mut dport, &mut settings.dport_any, rule.dport, bit);
+        mark_ports(&mut sport, &mut settings.sport_any, rule.sport, bit);
+        // A rule without a prefix accepts every address of both families; a rule with a prefix
+        // of one family is absent from the other family's masks, so it never matches there.
+        for (field, any) in [
+            (rule.src, &mut settings.src_any),
+            (rule.dst, &mut settings.dst_any),
+        ] {
+            match field {
+                None => {
+                    any[FAMILY_V4] |= bit;
+                    any[FAMILY_V6] |= bit;
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let actions = rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| RuleAction {
+            drop_prob: scale_probability(rule.drop.get()),
+            counter_slot: i as u32,
+        })
+        .collect();
+    Ok(CompiledRules {
+        dport: nonzero(&dport),
+        sport: nonzero(&sport),
+        src4: prefixes(rules, |r| r.src, v4, settings.src_any[FAMILY_V4]),
+        dst4: prefixes(rules, |r| r.dst, v4, settings.dst_any[FAMILY_V4]),
+        src6: prefixes(rules, |r| r.src, v6, settings.src_any[FAMILY_V6]),
+        dst6: prefixes(rules, |r| r.dst, v6, settings.dst_any[FAMILY_V6]),
+        settings,
+        actions,
+    })
+}
+
+/// Probability in the kernel's fixed point, rounded to nearest.
+pub fn scale_probability(p: f64) -> u32 {
+    (p * f64::from(PROB_ONE)).round() as u32
+}
+
+fn mark_ports(table: &mut [RuleMask], any: &mut RuleMask, range: Option<PortRange>, bit: RuleMask) {
+    match range {
+        None => *any |= bit,
+        Some(PortRange { start, end }) => {
+            for entry in &mut table[usize::from(start)..=usize::from(end)] {
+                *entry |= bit;
+            }
+        }
+    }
+}
+
+fn nonzero(table: &[RuleMask]) -> Vec<(u16, RuleMask)> {
+    table
+        .iter()
+        .enumerate()
+        .filter(|(_, mask)| **mask != 0)
+        .map(|(port, mask)| (port as u16, *mask))
+        .collect()
+}
+
+fn v4(net: IpNet) -> Option<Ipv4Net> {
+    match net {
+        IpNet::V4(net) => Some(net),
+        IpNet::V6(_) => None,
+    }
+}
+
+fn v6(net: IpNet) -> Option<Ipv6Net> {
+    match net {
+        IpNet::V6(net) => Some(net),
+        IpNet::V4(_) => None,
+    }
+}
+
+/// Trie entries of one field and family. The trie answers with the longest matching prefix
+/// only, so each entry carries every rule whose prefix contains it, plus the rules without a
+/// prefix (which a miss also yields, from `GenSettings`).
+fn prefixes<N: Copy + Ord + Contains>(
+    rules: &[Rule],
+    field: impl Fn(&Rule) -> Option<IpNet>,
+    family: impl Fn(IpNet) -> Option<N>,
+    any: RuleMask,
+) -> Vec<(N, RuleMask)> {
+    let nets: Vec<(N, RuleMask)> = rules
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| field(r).and_then(&family).map(|n| (n, 1 << i)))
+        .collect();
+    let mut keys: Vec<N> = nets.iter().map(|(n, _)| *n).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .map(|key| {
+            let mask = nets
+                .iter()
+                .filter(|(net, _)| net.contains_net(&key))
+                .fold(any, |acc, (_, bit)| acc | bit);
+            (key, mask)
+        })
+        .collect()
+}
+
+trait Contains {
+    fn contains_net(&self, other: &Self) -> bool;
+}
+
+impl Contains for Ipv4Net {
+    fn contains_net(&self, other: &Self) -> bool {
+        self.contains(other)
+    }
+}
+
+impl Contains for Ipv6Net {
+    fn contains_net(&self, other: &Self) -> bool {
+        self.contains(other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(texts: &[&str]) -> Vec<Rule> {
+        texts.iter().map(|t| t.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn direction_protocol_and_portless_masks() {
+        let c = compile(&rules(&[
+            "proto=udp dport=9000 drop=1",
+            "dir=ingress proto=any drop=0.5",
+            "proto=any sport=53",
+        ]))
+        .unwrap();
+        let s = c.settings;
+        assert_eq!(s.dir_rules, [0b010, 0b101]);
+        assert_eq!(s.proto_rules[PROTO_TCP], 0b110);
+        assert_eq!(s.proto_rules[PROTO_UDP], 0b111);
+        // Rule 2 has ports, so ICMP can only hit rule 1.
+        assert_eq!(s.proto_rules[PROTO_OTHER], 0b010);
+        assert_eq!(s.portless_rules, 0b010);
+        assert_eq!(s.dport_any, 0b110);
+        assert_eq!(s.sport_any, 0b011);
+        assert_eq!(c.dport, vec![(9000, 0b001)]);
+        assert_eq!(c.sport, vec![(53, 0b100)]);
+    }
+
+    #[test]
+    fn ranges_expand_to_every_port() {
+        let c = compile(&rules(&["dport=10-12", "dport=12-13"])).unwrap();
+        assert_eq!(
+            c.dport,
+            vec![(10, 0b01), (11, 0b01), (12, 0b11), (13, 0b10)]
+        );
+        let full = compile(&rules(&["dport=1-65535"])).unwrap();
+        assert_eq!(full.dport.len(), 65535);
+    }
+
+    #[test]
+    fn prefixes_inherit_containing_rules_and_wildcards() {
+        let c = compile(&rules(&[
+            "dst=198.18.0.0/15",
+            "dst=198.18.0.2/32",
+            "dst=2001:db8::/32",
+            "dport=80",
+        ]))
+        .unwrap();
+        // Rule 3 has no prefix: it is in every entry and in both "any" masks.
+        assert_eq!(c.settings.dst_any, [0b1000, 0b1000]);
+        assert_eq!(
+            c.dst4,
+            vec![
+                ("198.18.0.0/15".parse().unwrap(), 0b1001),
+                ("198.18.0.2/32".parse().unwrap(), 0b1011),
+            ]
+        );
+        assert_eq!(c.dst6, vec![("2001:db8::/32".parse().unwrap(), 0b1100)]);
+        assert!(c.src4.is_empty() && c.src6.is_empty());
+        assert_eq!(c.settings.src_any, [0b1111, 0b1111]);
+    }
+
+    #[test]
+    fn probabilities_scale_to_fixed_point() {
+        let c = compile(&rules(&["drop=0", "drop=30%", "drop=1"])).unwrap();
+        let probs: Vec<u32> = c.actions.iter().map(|a| a.drop_prob).collect();
+        assert_eq!(probs, vec![0, 644_245_094, PROB_ONE]);
+        let slots: Vec<u32> = c.actions.iter().map(|a| a.counter_slot).collect();
+        assert_eq!(slots, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn too_many_rules() {
+        let many = vec!["drop=1"; MAX_RULES as usize + 1];
+        assert_eq!(compile(&rules(&many)), Err(CompileError::TooManyRules(65)));
+        assert!(compile(&rules(&many[1..])).is_ok());
+    }
+}

@@ -1,0 +1,362 @@
+//! The kernel side as seen from userspace: load the TC program, write rule sets, attach to an
+//! interface, read counters. Dropping a [`Datapath`] detaches everything it attached.
+
+use std::collections::BTreeSet;
+
+use aya::{
+    Ebpf, EbpfError,
+    maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    programs::{ProgramError, SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+};
+use chaos_common::{
+    GenSettings, RuleAction, RuleCounters, RuntimeConfig,
+    rules::{Ipv4LpmData, Ipv6LpmData, LPM_GEN_BITS, MAX_RULES, PORTS, RuleMask},
+};
+use ipnet::{Ipv4Net, Ipv6Net};
+use thiserror::Error;
+use tracing::{debug, info};
+
+use crate::{compile::CompiledRules, rule::Direction};
+
+/// The compiled kernel program, embedded at build time by `build.rs`.
+pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos"));
+
+/// Name of the program entry for each direction.
+pub const fn program_name(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Ingress => "chaos_ingress",
+        Direction::Egress => "chaos_egress",
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum DatapathError {
+    #[error("the kernel refused chaos's BPF object: {0}")]
+    Load(#[source] EbpfError),
+    #[error("the kernel refused program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("BPF object has no {0}: build mismatch between chaos-ebpf and chaos-user")]
+    Missing(&'static str),
+    #[error("attaching to {iface} ({direction}): {source}")]
+    Attach {
+        iface: String,
+        direction: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("detaching from {iface} ({direction}): {source}")]
+    Detach {
+        iface: String,
+        direction: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+struct Maps {
+    config: Array<MapData, RuntimeConfig>,
+    settings: Array<MapData, GenSettings>,
+    dport: Array<MapData, RuleMask>,
+    sport: Array<MapData, RuleMask>,
+    src4: LpmTrie<MapData, Ipv4LpmData, RuleMask>,
+    dst4: LpmTrie<MapData, Ipv4LpmData, RuleMask>,
+    src6: LpmTrie<MapData, Ipv6LpmData, RuleMask>,
+    dst6: LpmTrie<MapData, Ipv6LpmData, RuleMask>,
+    actions: Array<MapData, RuleAction>,
+    counters: PerCpuArray<MapData, RuleCounters>,
+}
+
+struct Attachment {
+    iface: String,
+    direction: Direction,
+    link: SchedClassifierLinkId,
+}
+
+/// The loaded program and its maps.
+pub struct Datapath {
+    // Maps before the object: fields drop in order, and the object owns the programs and links.
+    maps: Maps,
+    ebpf: Ebpf,
+    active: u32,
+    written: [Option<CompiledRules>; 2],
+    attachments: Vec<Attachment>,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T> {
+    let map = ebpf.take_map(name).ok_or(DatapathError::Missing(name))?;
+    T::try_from(map).map_err(|source| DatapathError::Map { name, source })
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}
+
+impl Datapath {
+    /// Loads the object and both programs (running the verifier); attaches nothing.
+    pub fn load() -> Result<Self> {
+        let mut ebpf = Ebpf::load(PROGRAM_OBJECT).map_err(DatapathError::Load)?;
+        for direction in [Direction::Ingress, Direction::Egress] {
+            let name = program_name(direction);
+            classifier(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DatapathError::Program { name, source })?;
+        }
+        let maps = Maps {
+            config: take(&mut ebpf, "CHAOS_CONFIG")?,
+            settings: take(&mut ebpf, "CHAOS_SETTINGS")?,
+            dport: take(&mut ebpf, "CHAOS_DPORT_RULES")?,
+            sport: take(&mut ebpf, "CHAOS_SPORT_RULES")?,
+            src4: take(&mut ebpf, "CHAOS_SRC4_RULES")?,
+            dst4: take(&mut ebpf, "CHAOS_DST4_RULES")?,
+            src6: take(&mut ebpf, "CHAOS_SRC6_RULES")?,
+            dst6: take(&mut ebpf, "CHAOS_DST6_RULES")?,
+            actions: take(&mut ebpf, "CHAOS_ACTIONS")?,
+            counters: take(&mut ebpf, "CHAOS_COUNTERS")?,
+        };
+        Ok(Self {
+            maps,
+            ebpf,
+            active: 0,
+            written: [None, None],
+            attachments: Vec::new(),
+        })
+    }
+
+    /// Makes `rules` the live rule set: writes the idle generation whole, then flips the
+    /// active-generation slot, so a packet sees either the old set or the new one.
+    pub fn apply(&mut self, rules: &CompiledRules) -> Result<()> {
+        let generation = 1 - self.active;
+        if let Some(old) = self.written[generation as usize].take() {
+            self.clear(generation, &old)?;
+        }
+        self.write(generation, rules)?;
+        self.written[generation as usize] = Some(rules.clone());
+        self.maps
+            .config
+            .set(
+                0,
+                RuntimeConfig {
+                    active_gen: generation,
+                    _pad: 0,
+                },
+                0,
+            )
+            .map_err(map_err("CHAOS_CONFIG"))?;
+        self.active = generation;
+        debug!(generation, "rule set live");
+        Ok(())
+    }
+
+    fn write(&mut self, generation: u32, rules: &CompiledRules) -> Result<()> {
+        let m = &mut self.maps;
+        m.settings
+            .set(generation, rules.settings, 0)
+            .map_err(map_err("CHAOS_SETTINGS"))?;
+        for (port, mask) in &rules.dport {
+            m.dport
+                .set(generation * PORTS + u32::from(*port), mask, 0)
+                .map_err(map_err("CHAOS_DPORT_RULES"))?;
+        }
+        for (port, mask) in &rules.sport {
+            m.sport
+                .set(generation * PORTS + u32::from(*port), mask, 0)
+                .map_err(map_err("CHAOS_SPORT_RULES"))?;
+        }
+        for (net, mask) in &rules.src4 {
+            m.src4
+                .insert(&v4_key(generation, net), mask, 0)
+                .map_err(map_err("CHAOS_SRC4_RULES"))?;
+        }
+        for (net, mask) in &rules.dst4 {
+            m.dst4
+                .insert(&v4_key(generation, net), mask, 0)
+                .map_err(map_err("CHAOS_DST4_RULES"))?;
+        }
+        for (net, mask) in &rules.src6 {
+            m.src6
+                .insert(&v6_key(generation, net), mask, 0)
+                .map_err(map_err("CHAOS_SRC6_RULES"))?;
+        }
+        for (net, mask) in &rules.dst6 {
+            m.dst6
+                .insert(&v6_key(generation, net), mask, 0)
+                .map_err(map_err("CHAOS_DST6_RULES"))?;
+        }
+        for (i, action) in rules.actions.iter().enumerate() {
+            m.actions
+                .set(generation * MAX_RULES + i as u32, action, 0)
+                .map_err(map_err("CHAOS_ACTIONS"))?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes what an earlier `write` put into `generation`, so stale entries cannot leak into
+    /// the next set written there.
+    fn clear(&mut self, generation: u32, old: &CompiledRules) -> Result<()> {
+        let m = &mut self.maps;
+        let ports: BTreeSet<u16> = old.dport.iter().map(|(p, _)| *p).collect();
+        for port in ports {
+            m.dport
+                .set(generation * PORTS + u32::from(port), 0, 0)
+                .map_err(map_err("CHAOS_DPORT_RULES"))?;
+        }
+        for (port, _) in &old.sport {
+            m.sport
+                .set(generation * PORTS + u32::from(*port), 0, 0)
+                .map_err(map_err("CHAOS_SPORT_RULES"))?;
+        }
+        for (net, _) in &old.src4 {
+            m.src4
+                .remove(&v4_key(generation, net))
+                .map_err(map_err("CHAOS_SRC4_RULES"))?;
+        }
+        for (net, _) in &old.dst4 {
+            m.dst4
+                .remove(&v4_key(generation, net))
+                .map_err(map_err("CHAOS_DST4_RULES"))?;
+        }
+        for (net, _) in &old.src6 {
+            m.src6
+                .remove(&v6_key(generation, net))
+                .map_err(map_err("CHAOS_SRC6_RULES"))?;
+        }
+        for (net, _) in &old.dst6 {
+            m.dst6
+                .remove(&v6_key(generation, net))
+                .map_err(map_err("CHAOS_DST6_RULES"))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the program for `direction` to `iface` (TCX on kernels ≥ 6.6, netlink before).
+    pub fn attach(&mut self, iface: &str, direction: Direction) -> Result<()> {
+        let attach_type = match direction {
+            Direction::Ingress => TcAttachType::Ingress,
+            Direction::Egress => TcAttachType::Egress,
+        };
+        let err = |source| DatapathError::Attach {
+            iface: iface.to_owned(),
+            direction: direction.as_str(),
+            source,
+        };
+        let link = classifier(&mut self.ebpf, program_name(direction))?
+            .attach(iface, attach_type)
+            .map_err(err)?;
+        info!(iface, direction = direction.as_str(), "attached");
+        self.attachments.push(Attachment {
+            iface: iface.to_owned(),
+            direction,
+            link,
+        });
+        Ok(())
+    }
+
+    /// Detaches every attachment, reporting the first failure after trying them all.
+    pub fn detach_all(&mut self) -> Result<()> {
+        let mut first_error = None;
+        for Attachment {
+            iface,
+            direction,
+            link,
+        } in self.attachments.drain(..)
+        {
+            let result = classifier(&mut self.ebpf, program_name(direction)).and_then(|prog| {
+                prog.detach(link).map_err(|source| DatapathError::Detach {
+                    iface: iface.clone(),
+                    direction: direction.as_str(),
+                    source,
+                })
+            });
+            match result {
+                Ok(()) => info!(iface, direction = direction.as_str(), "detached"),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Counters of `slots` rule slots, summed over CPUs.
+    pub fn counters(&self, slots: u32) -> Result<Vec<RuleCounters>> {
+        (0..slots)
+            .map(|slot| {
+                let per_cpu = self
+                    .maps
+                    .counters
+                    .get(&slot, 0)
+                    .map_err(map_err("CHAOS_COUNTERS"))?;
+                Ok(per_cpu.iter().fold(RuleCounters::default(), |mut acc, c| {
+                    acc.accumulate(c);
+                    acc
+                }))
+            })
+            .collect()
+    }
+
+    /// The loaded program for `direction`, for BPF_PROG_TEST_RUN in tests and benches.
+    pub fn program(&mut self, direction: Direction) -> Result<&mut SchedClassifier> {
+        classifier(&mut self.ebpf, program_name(direction))
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        if let Err(e) = self.detach_all() {
+            tracing::error!("{e}");
+        }
+    }
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::Missing(name))?
+        .try_into()
+        .map_err(|source| DatapathError::Program { name, source })
+}
+
+fn v4_key(generation: u32, net: &Ipv4Net) -> Key<Ipv4LpmData> {
+    let o = net.addr().octets();
+    Key::new(
+        LPM_GEN_BITS + u32::from(net.prefix_len()),
+        [generation as u8, o[0], o[1], o[2], o[3]],
+    )
+}
+
+fn v6_key(generation: u32, net: &Ipv6Net) -> Key<Ipv6LpmData> {
+    let mut data = [0; 17];
+    data[0] = generation as u8;
+    data[1..].copy_from_slice(&net.addr().octets());
+    Key::new(LPM_GEN_BITS + u32::from(net.prefix_len()), data)
+}
+
+/// Whether an error means the caller lacks privilege, so the CLI can name the capability.
+pub fn is_permission_error(err: &DatapathError) -> bool {
+    let io = match err {
+        DatapathError::Load(EbpfError::MapError(MapError::CreateError { io_error, .. })) => {
+            io_error
+        }
+        DatapathError::Program {
+            source: ProgramError::LoadError { io_error, .. },
+            ..
+        } => io_error,
+        _ => return false,
+    };
+    // EACCES is the verifier's refusal; only EPERM means a missing capability.
+    io.raw_os_error() == Some(libc::EPERM)
+}

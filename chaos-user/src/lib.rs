@@ -1,0 +1,18 @@
+//! chaos: network fault injection with an eBPF TC program.
+//!
+//! The library holds everything the `chaos` binary does, one module per job, so tests and
+//! benches drive the same code.
+
+pub mod caps;
+pub mod cmd;
+pub mod compile;
+pub mod datapath;
+pub mod netns;
+pub mod report;
+pub mod rule;
+
+/// An error the user can fix by changing the command line or the environment: the CLI exits
+/// with status 2 for these, 1 for everything else.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
