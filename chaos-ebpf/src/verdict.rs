@@ -19,9 +19,6 @@ use crate::{
     parse::{Flow, parse},
 };
 
-/// Bits of a `u16` GSO segment count: bounds the exponentiation loop for the verifier.
-const SEGS_BITS: usize = 16;
-
 /// Decides one packet seen in direction `dir` (`DIR_INGRESS` or `DIR_EGRESS`).
 #[inline(always)]
 pub fn classify(ctx: &TcContext, dir: usize) -> i32 {
@@ -140,7 +137,7 @@ fn apply(ctx: &TcContext, action: &RuleAction) -> i32 {
     // SAFETY: reading a field of the context the kernel handed us.
     let segs = u64::from(unsafe { (*ctx.skb.skb).gso_segs }.max(1));
     let bytes = u64::from(ctx.len());
-    let drop = should_drop(action.drop_prob, segs);
+    let drop = should_drop(action.drop_prob);
     if let Some(counters) = CHAOS_COUNTERS.get_ptr_mut(action.counter_slot) {
         // SAFETY: a per-CPU slot: no other program run touches it concurrently.
         let c: &mut RuleCounters = unsafe { &mut *counters };
@@ -165,38 +162,21 @@ fn apply(ctx: &TcContext, action: &RuleAction) -> i32 {
     TC_ACT_REDIRECT as i32
 }
 
-/// Whether a packet of `segs` wire segments is lost, each segment independently with
-/// probability `drop_prob` (scaled by `PROB_ONE`). A GSO packet is lost whole when any of its
-/// segments would be: probability 1 - (1 - p)^segs.
+/// Whether this packet is lost: with probability `drop_prob` (scaled by `PROB_ONE`), whatever its
+/// number of segments.
+///
+/// A GSO packet carries `gso_segs` wire segments and can only be dropped whole. Dropping it with
+/// probability p loses exactly the share p of wire segments in expectation; the alternative,
+/// 1 - (1 - p)^segs ("lost if any segment would be"), was measured to lose 35 % of the segments of
+/// a bulk TCP flow at p = 1 % (about 40 segments per packet on veth). What remains bursty: the
+/// segments of one GSO packet are lost together, so a TCP flow sees fewer, larger loss events
+/// than on a wire with independent losses.
 #[inline(always)]
-fn should_drop(drop_prob: u32, segs: u64) -> bool {
+fn should_drop(drop_prob: u32) -> bool {
     if drop_prob == 0 {
         return false;
     }
-    let threshold = if segs <= 1 {
-        u64::from(drop_prob)
-    } else {
-        let keep = u64::from(PROB_ONE - drop_prob.min(PROB_ONE));
-        u64::from(PROB_ONE) - pow_prob(keep, segs)
-    };
     // SAFETY: plain helper call.
-    let roll = u64::from(unsafe { bpf_get_prandom_u32() } >> 1);
-    roll < threshold
-}
-
-/// `base^exp` in `PROB_ONE` fixed point; both stay ≤ 2^31 so products fit in a u64.
-#[inline(always)]
-fn pow_prob(mut base: u64, mut exp: u64) -> u64 {
-    let mut result = u64::from(PROB_ONE);
-    for _ in 0..SEGS_BITS {
-        if exp & 1 != 0 {
-            result = (result * base) >> 31;
-        }
-        exp >>= 1;
-        if exp == 0 {
-            break;
-        }
-        base = (base * base) >> 31;
-    }
-    result
+    let roll = unsafe { bpf_get_prandom_u32() } >> 1;
+    roll < drop_prob
 }

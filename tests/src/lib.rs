@@ -1,1 +1,507 @@
+//! netlab: throwaway network sandboxes for chaos's tests and demo.
+//!
+//! A [`Lab`] is two network namespaces joined by a veth pair, addressed from 198.18.0.0/15 and
+//! 2001:db8::/32 only, with names unique to the process and the lab so tests run in parallel.
+//! Dropping the lab deletes both namespaces (and with them the veth pair), also when a test
+//! panics. Traffic helpers run on threads that have entered a namespace, and every loop in them
+//! is bounded in count and time.
 
+use std::{
+    fs::File,
+    io::{self, BufRead as _, BufReader, Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Child, ChildStdout, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+/// Interface name on both sides of the pair (each lives in its own namespace).
+pub const IFACE: &str = "veth0";
+/// Client side (namespace `a`).
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// Server side (namespace `b`).
+pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// A second host address on the server side, for "another host" checks.
+pub const OTHER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+pub const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+
+static LAB_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Runs `ip` with `args`, panicking with its stderr on failure.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running ip {args:?}: {e} (is iproute2 installed?)"));
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two namespaces, `a` (client) and `b` (server), joined by `veth0` on each side.
+pub struct Lab {
+    pub a: String,
+    pub b: String,
+}
+
+impl Lab {
+    /// Builds the sandbox. `tag` makes names readable in `ip netns list` while a test runs.
+    pub fn new(tag: &str) -> Self {
+        let n = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let base = format!("chaos-{tag}-{}-{n}", std::process::id());
+        let lab = Self {
+            a: format!("{base}-a"),
+            b: format!("{base}-b"),
+        };
+        // Create both before anything can fail, so Drop always has both names to delete.
+        ip(&["netns", "add", &lab.a]);
+        ip(&["netns", "add", &lab.b]);
+        ip(&[
+            "-n", &lab.a, "link", "add", IFACE, "type", "veth", "peer", "name", IFACE, "netns",
+            &lab.b,
+        ]);
+        for (ns, v4, v6) in [
+            (&lab.a, CLIENT_V4, CLIENT_V6),
+            (&lab.b, SERVER_V4, SERVER_V6),
+        ] {
+            ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", IFACE]);
+            ip(&[
+                "-n",
+                ns,
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                IFACE,
+                "nodad",
+            ]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+            ip(&["-n", ns, "link", "set", IFACE, "up"]);
+        }
+        ip(&[
+            "-n",
+            &lab.b,
+            "addr",
+            "add",
+            &format!("{OTHER_V4}/24"),
+            "dev",
+            IFACE,
+        ]);
+        lab
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            // Best effort: a failure here must not hide the test's own panic.
+            match Command::new("ip").args(["netns", "del", ns]).status() {
+                Ok(s) if s.success() => {}
+                other => eprintln!("netlab: could not delete netns {ns}: {other:?}"),
+            }
+        }
+    }
+}
+
+/// Runs `f` on a new thread inside namespace `ns` and returns its result. Sockets made there stay
+/// in that namespace wherever they are used afterwards.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    spawn_in_netns(ns, f).join().expect("netns thread panicked")
+}
+
+/// Like [`in_netns`], without waiting.
+pub fn spawn_in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let path: PathBuf = ["/run/netns", ns].iter().collect();
+    thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        // SAFETY: valid fd; affects only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "setns {}: {}",
+            path.display(),
+            io::Error::last_os_error()
+        );
+        f()
+    })
+}
+
+/// One line of `/proc/net/snmp` (or netstat) counters for the calling thread's namespace, e.g.
+/// `snmp("Tcp", "RetransSegs")`. Uses thread-self: /proc/self/net is the main thread's namespace.
+pub fn snmp(table: &str, field: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read snmp");
+    let prefix = format!("{table}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    let (names, values) = (
+        lines.next().expect("snmp header"),
+        lines.next().expect("snmp values"),
+    );
+    let i = names
+        .split_whitespace()
+        .position(|n| n == field)
+        .unwrap_or_else(|| panic!("no {table}:{field} in snmp"));
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// Kernel-side UDP receive drops in the calling thread's namespace (buffer overflow and
+/// checksum errors): must stay zero for application-level loss to be ours alone.
+pub fn udp_receive_errors() -> u64 {
+    snmp("Udp", "InErrors") + snmp("Udp", "RcvbufErrors")
+}
+
+/// Counts distinct datagrams (by sequence number) arriving on a socket.
+pub struct UdpCounter {
+    stop: Arc<AtomicBool>,
+    handle: thread::JoinHandle<(u64, u64)>,
+}
+
+impl UdpCounter {
+    /// Binds `addr` in namespace `ns` and counts until [`UdpCounter::finish`].
+    pub fn start(ns: &str, addr: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = spawn_in_netns(ns, move || {
+            let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+            set_rcvbuf(&sock, 32 << 20);
+            sock.set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            let errors_before = udp_receive_errors();
+            tx.send(()).unwrap();
+            let mut seen = std::collections::HashSet::new();
+            let mut buf = [0u8; 2048];
+            loop {
+                match sock.recv(&mut buf) {
+                    Ok(n) if n >= 8 => {
+                        seen.insert(u64::from_be_bytes(buf[..8].try_into().unwrap()));
+                    }
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        if stop2.load(Ordering::Relaxed) {
+                            break;
+                        }
+                    }
+                    Err(e) => panic!("recv: {e}"),
+                }
+            }
+            (seen.len() as u64, udp_receive_errors() - errors_before)
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("receiver did not start");
+        Self { stop, handle }
+    }
+
+    /// Waits until the socket has been quiet for a moment, then returns
+    /// (distinct datagrams received, kernel UDP receive errors in the namespace meanwhile).
+    pub fn finish(self) -> (u64, u64) {
+        // In-flight datagrams on a veth arrive within microseconds; 200 ms is ample.
+        thread::sleep(Duration::from_millis(200));
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("receiver panicked")
+    }
+}
+
+fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
+    // SO_RCVBUFFORCE ignores rmem_max (we are root): a burst of 20,000 datagrams must not
+    // overflow the socket and look like injected loss.
+    // SAFETY: valid fd and option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const bytes).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", io::Error::last_os_error());
+}
+
+/// Sends `count` datagrams (8-byte sequence number + padding) from namespace `ns` to `dst`,
+/// paced in bursts so the receiver keeps up. Returns the number of send errors, which must be
+/// zero: injected loss is silent.
+pub fn udp_send(ns: &str, dst: SocketAddr, count: u64, payload: usize) -> u64 {
+    in_netns(ns, move || {
+        let bind: SocketAddr = match dst.ip() {
+            IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let sock = UdpSocket::bind(bind).unwrap();
+        let mut buf = vec![0u8; payload.max(8)];
+        let mut errors = 0;
+        for seq in 0..count {
+            buf[..8].copy_from_slice(&seq.to_be_bytes());
+            if sock.send_to(&buf, dst).is_err() {
+                errors += 1;
+            }
+            if seq % 200 == 199 {
+                thread::sleep(Duration::from_micros(500));
+            }
+        }
+        errors
+    })
+}
+
+/// Binomial 4σ check: `observed` successes out of `n` trials with probability `p`.
+pub fn assert_binomial(what: &str, observed: u64, n: u64, p: f64) {
+    let mean = n as f64 * p;
+    let sigma = (n as f64 * p * (1.0 - p)).sqrt();
+    let (lo, hi) = (mean - 4.0 * sigma, mean + 4.0 * sigma);
+    assert!(
+        (lo..=hi).contains(&(observed as f64)),
+        "{what}: {observed} of {n} is outside {lo:.0}..={hi:.0} (p = {p}, 4σ)"
+    );
+    eprintln!(
+        "{what}: {observed} of {n} ({:.2}%), bound {lo:.0}..={hi:.0}",
+        100.0 * observed as f64 / n as f64
+    );
+}
+
+/// Result of a bulk TCP transfer.
+#[derive(Debug)]
+pub struct TcpTransfer {
+    pub bytes: u64,
+    pub elapsed: Duration,
+    /// Tcp RetransSegs grown in the sender's namespace during the transfer.
+    pub retrans_segs: u64,
+    /// Tcp OutSegs grown in the sender's namespace during the transfer.
+    pub out_segs: u64,
+}
+
+/// Sends `bytes` from namespace `client` to a sink in namespace `server` on `addr`; panics if it
+/// does not complete within `timeout`.
+pub fn tcp_bulk(
+    client: &str,
+    server: &str,
+    addr: SocketAddr,
+    bytes: u64,
+    timeout: Duration,
+) -> TcpTransfer {
+    let listener = in_netns(server, move || TcpListener::bind(addr).unwrap());
+    let sink = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(timeout)).unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0u64;
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break total,
+                Ok(n) => total += n as u64,
+                Err(e) => panic!("sink read after {total} bytes: {e}"),
+            }
+        }
+    });
+    let sent = in_netns(client, move || {
+        let (retrans0, out0) = (snmp("Tcp", "RetransSegs"), snmp("Tcp", "OutSegs"));
+        let start = Instant::now();
+        let mut stream = TcpStream::connect_timeout(&addr, timeout).unwrap();
+        stream.set_write_timeout(Some(timeout)).unwrap();
+        let chunk = vec![0x5au8; 1 << 16];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            stream.write_all(&chunk[..n]).unwrap();
+            left -= n as u64;
+            assert!(start.elapsed() < timeout, "transfer exceeded {timeout:?}");
+        }
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        // Wait for the sink to close: then every byte was acknowledged.
+        let mut rest = [0u8; 1];
+        stream.set_read_timeout(Some(timeout)).unwrap();
+        let closed = stream.read(&mut rest);
+        assert!(
+            matches!(closed, Ok(0)),
+            "sink did not close cleanly: {closed:?}"
+        );
+        let elapsed = start.elapsed();
+        (
+            elapsed,
+            snmp("Tcp", "RetransSegs") - retrans0,
+            snmp("Tcp", "OutSegs") - out0,
+        )
+    });
+    let received = sink.join().expect("sink panicked");
+    assert_eq!(received, bytes, "transfer incomplete");
+    TcpTransfer {
+        bytes: received,
+        elapsed: sent.0,
+        retrans_segs: sent.1,
+        out_segs: sent.2,
+    }
+}
+
+/// A running `chaos` process we started; killed and reaped on drop if still running.
+pub struct ChaosProcess {
+    child: Child,
+    stdout: Option<ChildStdout>,
+    pub stderr_lines: Vec<String>,
+}
+
+/// What a `chaos` process left when it ended.
+#[derive(Debug)]
+pub struct ChaosExit {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl ChaosExit {
+    /// The `--output json` objects, one per rule.
+    pub fn json(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect()
+    }
+}
+
+/// The chaos binary: `CHAOS_BIN` (set by `cargo xtask test`), else the workspace's debug build.
+pub fn chaos_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CHAOS_BIN") {
+        return p.into();
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/chaos");
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo xtask test`",
+        p.display()
+    );
+    p
+}
+
+/// Line chaos prints on stderr once its rules are live.
+pub const READY: &str = "chaos: injecting on";
+
+impl ChaosProcess {
+    /// Starts `chaos run` with `args` and waits until it reports its rules live. Panics with its
+    /// stderr if it exits first or takes longer than 30 s.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(chaos_bin())
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn chaos");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdout = child.stdout.take();
+        let mut me = Self {
+            child,
+            stdout,
+            stderr_lines: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let ready = line.starts_with(READY);
+                    me.stderr_lines.push(line);
+                    if ready {
+                        break;
+                    }
+                }
+                Err(_) => panic!(
+                    "chaos never became ready; stderr:\n{}",
+                    me.stderr_lines.join("\n")
+                ),
+            }
+        }
+        // Keep draining stderr so chaos never blocks on a full pipe.
+        thread::spawn(move || for _ in rx {});
+        me
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal` to this process (ours, by PID) and waits for it to exit.
+    pub fn stop(mut self, signal: libc::c_int) -> ChaosExit {
+        // SAFETY: kill(2) on our own child's PID, which we have not reaped yet.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill: {}", io::Error::last_os_error());
+        self.wait(Duration::from_secs(30))
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself.
+    pub fn wait(mut self, timeout: Duration) -> ChaosExit {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chaos did not exit within {timeout:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        };
+        let mut stdout = String::new();
+        if let Some(mut out) = self.stdout.take() {
+            out.read_to_string(&mut stdout).unwrap();
+        }
+        ChaosExit {
+            code: status.code(),
+            stdout,
+            stderr: self.stderr_lines.join("\n"),
+        }
+    }
+}
+
+impl Drop for ChaosProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // Only reached when a test panicked mid-run: end our own child and reap it.
+            if let Err(e) = self.child.kill() {
+                eprintln!("netlab: kill chaos {}: {e}", self.child.id());
+            }
+            if let Err(e) = self.child.wait() {
+                eprintln!("netlab: wait chaos: {e}");
+            }
+        }
+    }
+}
+
+/// Runs `chaos` with `args` to completion (for bad-input checks).
+pub fn chaos_output(args: &[&str]) -> ChaosExit {
+    let out = Command::new(chaos_bin())
+        .args(args)
+        .output()
+        .expect("run chaos");
+    ChaosExit {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
