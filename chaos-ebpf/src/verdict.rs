@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use chaos_common::{
     RuleAction, RuleCounters,
-    rules::{FAMILY_V4, LPM_GEN_BITS, MAX_RULES, PORTS, PROB_ONE, RuleMask},
+    rules::{FAMILY_V4, LPM_GEN_BITS, MAX_RULES, PORTS, RuleMask},
 };
 
 use crate::{

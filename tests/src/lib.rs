@@ -447,7 +447,7 @@ impl ChaosProcess {
     }
 
     /// Sends `signal` to this process (ours, by PID) and waits for it to exit.
-    pub fn stop(mut self, signal: libc::c_int) -> ChaosExit {
+    pub fn stop(self, signal: libc::c_int) -> ChaosExit {
         // SAFETY: kill(2) on our own child's PID, which we have not reaped yet.
         let rc = unsafe { libc::kill(self.pid(), signal) };
         assert_eq!(rc, 0, "kill: {}", io::Error::last_os_error());

@@ -1,1 +1,126 @@
-fn main() {}
+//! Project tasks: `cargo xtask bootstrap | build | test | demo`. Each installs what it needs
+//! first, so a fresh machine needs nothing but this checkout and the Rust toolchains.
+
+mod bootstrap;
+mod demo;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "chaos project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need: Debian packages, nightly rust-src, bpf-linker.
+    Bootstrap,
+    /// Bootstrap, then build every crate including the eBPF program.
+    Build,
+    /// Bootstrap, build, then run unit and integration tests (as root, on this kernel).
+    Test {
+        /// Extra arguments for `cargo test`, e.g. `-- loss` to filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, then show chaos dropping packets to one port of one host in a sandbox.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.task {
+        Task::Bootstrap => bootstrap::run(&root).map(drop),
+        Task::Build => build(&root).map(drop),
+        Task::Test { args } => test(&root, &args),
+        Task::Demo => {
+            let env = build(&root)?;
+            demo::run(&env)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// What later steps need from bootstrap and build.
+pub struct BuildEnv {
+    pub root: PathBuf,
+    /// PATH with bpf-linker in front.
+    pub path: std::ffi::OsString,
+    pub chaos_bin: PathBuf,
+}
+
+fn build(root: &Path) -> Result<BuildEnv> {
+    let path = bootstrap::run(root)?;
+    step("building chaos (eBPF program + binary; the first build takes a minute or two)");
+    exec(
+        Command::new("cargo")
+            .args(["build", "--bins"])
+            .current_dir(root)
+            .env("PATH", &path),
+    )?;
+    Ok(BuildEnv {
+        root: root.to_path_buf(),
+        path,
+        chaos_bin: root.join("target/debug/chaos"),
+    })
+}
+
+fn test(root: &Path, extra: &[String]) -> Result<()> {
+    require_root("the tests create network namespaces and load BPF programs")?;
+    let env = build(root)?;
+    step("running tests (unit, BPF_PROG_TEST_RUN verdicts, live traffic in namespaces)");
+    exec(
+        Command::new("cargo")
+            // The default members: chaos-ebpf only builds for the BPF target, through chaos-user.
+            .arg("test")
+            .args(extra)
+            .current_dir(root)
+            .env("PATH", &env.path)
+            .env("CHAOS_BIN", &env.chaos_bin),
+    )?;
+    let leftovers = bootstrap::leftover_namespaces()?;
+    if !leftovers.is_empty() {
+        bail!(
+            "tests left network namespaces behind: {}",
+            leftovers.join(", ")
+        );
+    }
+    Ok(())
+}
+
+pub fn require_root(why: &str) -> Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("this task must run as root: {why}");
+    }
+    Ok(())
+}
+
+/// Prints a progress line for a step.
+pub fn step(what: &str) {
+    eprintln!("xtask: {what}");
+}
+
+/// Runs a command, failing with its description if it does not succeed.
+pub fn exec(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}

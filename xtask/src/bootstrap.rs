@@ -1,0 +1,186 @@
+//! Idempotent set-up: each step checks first and only does work that is missing.
+
+use std::{
+    ffi::OsString,
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{exec, require_root, step};
+
+/// Debian packages the tests and demo use: `ip` for namespaces and veth, `ping` for the ping
+/// test, `setpriv` for the missing-capability tests.
+const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "util-linux"];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_FEATURE: &str = "llvm-22";
+
+/// Runs every step; returns a PATH with the project's bpf-linker in front.
+pub fn run(root: &Path) -> Result<OsString> {
+    apt_packages()?;
+    rust_src()?;
+    let linker_dir = bpf_linker(root)?;
+    let mut path = OsString::from(linker_dir);
+    if let Some(old) = std::env::var_os("PATH") {
+        path.push(":");
+        path.push(old);
+    }
+    Ok(path)
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|pkg| !dpkg_installed(pkg))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    require_root("installing Debian packages")?;
+    step(&format!(
+        "installing Debian packages: {} (apt-get, ~30 s)",
+        missing.join(" ")
+    ));
+    exec(Command::new("apt-get").args(["update", "-q"]))?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains("install ok installed")
+        })
+}
+
+fn rust_src() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .context("running rustup (is the nightly toolchain installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "rustup cannot list nightly's components: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
+        return Ok(());
+    }
+    step("adding rust-src to the nightly toolchain (needed to build core for BPF)");
+    exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// Builds bpf-linker into `.tools/bpf-linker` against the nightly toolchain's own libLLVM, so
+/// the LLVM that compiles the eBPF crate and the one that links it are the same.
+fn bpf_linker(root: &Path) -> Result<PathBuf> {
+    let tools = root.join(".tools");
+    let llvm_lib = tools.join("llvm/lib");
+    let install_root = tools.join("bpf-linker");
+    let bin_dir = install_root.join("bin");
+    // The links are cheap and the binary's RUNPATH relies on them: (re)make them every time.
+    link_nightly_llvm(&llvm_lib)?;
+    if linker_works(&bin_dir.join("bpf-linker")) {
+        return Ok(bin_dir);
+    }
+    step(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM into {} (about 70 s, once)",
+        install_root.display()
+    ));
+    let started = Instant::now();
+    exec(
+        Command::new("cargo")
+            .args([
+                "+nightly",
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                LLVM_FEATURE,
+                "--force",
+                "--root",
+            ])
+            .arg(&install_root)
+            .env("LLVM_PREFIX", tools.join("llvm")),
+    )?;
+    if !linker_works(&bin_dir.join("bpf-linker")) {
+        bail!(
+            "bpf-linker was built but does not run; see {}",
+            bin_dir.display()
+        );
+    }
+    step(&format!("bpf-linker ready after {:.0?}", started.elapsed()));
+    Ok(bin_dir)
+}
+
+/// `llvm/lib/libLLVM.so` for the build, plus the versioned name the linked binary asks for.
+fn link_nightly_llvm(llvm_lib: &Path) -> Result<()> {
+    let out = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()?;
+    if !out.status.success() {
+        bail!("the nightly toolchain is missing: rustc +nightly --print sysroot failed");
+    }
+    let sysroot_lib = PathBuf::from(String::from_utf8(out.stdout)?.trim()).join("lib");
+    let lib = fs::read_dir(&sysroot_lib)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-"))
+        })
+        .with_context(|| format!("no libLLVM.so.*-rust-* in {}", sysroot_lib.display()))?;
+    fs::create_dir_all(llvm_lib)?;
+    for name in [
+        PathBuf::from("libLLVM.so"),
+        PathBuf::from(lib.file_name().unwrap()),
+    ] {
+        let link = llvm_lib.join(name);
+        if fs::read_link(&link).is_ok_and(|target| target == lib) {
+            continue;
+        }
+        // A stale link from another nightly: replace it.
+        if fs::symlink_metadata(&link).is_ok() {
+            fs::remove_file(&link)?;
+        }
+        symlink(&lib, &link).with_context(|| format!("linking {}", link.display()))?;
+    }
+    Ok(())
+}
+
+fn linker_works(bin: &Path) -> bool {
+    Command::new(bin).arg("--version").output().is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+    })
+}
+
+/// Namespaces named like the ones netlab makes (`chaos-*`), still present.
+pub fn leftover_namespaces() -> Result<Vec<String>> {
+    let dir = Path::new("/run/netns");
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    Ok(fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("chaos-"))
+        .collect())
+}
