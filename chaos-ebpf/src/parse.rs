@@ -109,7 +109,7 @@ fn parse_ipv4(ctx: &TcContext, offset: usize) -> Option<Flow> {
     src[..4].copy_from_slice(&saddr);
     dst[..4].copy_from_slice(&daddr);
     let first_fragment = frags & IPV4_FRAG_OFFSET_MASK == 0;
-    Some(l4(
+    l4(
         ctx,
         FAMILY_V4,
         src,
@@ -117,7 +117,7 @@ fn parse_ipv4(ctx: &TcContext, offset: usize) -> Option<Flow> {
         proto,
         offset + ihl,
         first_fragment,
-    ))
+    )
 }
 
 #[inline(always)]
@@ -159,10 +159,11 @@ fn parse_ipv6(ctx: &TcContext, offset: usize) -> Option<Flow> {
     ) {
         return None;
     }
-    Some(l4(ctx, FAMILY_V6, src, dst, next, offset, first_fragment))
+    l4(ctx, FAMILY_V6, src, dst, next, offset, first_fragment)
 }
 
 /// Reads the ports of TCP and UDP; both keep source and destination port in their first 4 bytes.
+/// A TCP or UDP packet that should carry ports but is cut short is not parsed at all.
 #[inline(always)]
 fn l4(
     ctx: &TcContext,
@@ -172,26 +173,25 @@ fn l4(
     ip_proto: u8,
     offset: usize,
     first_fragment: bool,
-) -> Flow {
+) -> Option<Flow> {
     let proto = match ip_proto {
         IPPROTO_TCP => PROTO_TCP,
         IPPROTO_UDP => PROTO_UDP,
         _ => PROTO_OTHER,
     };
-    // A first fragment too short to hold the ports is treated like a later fragment: port-less.
     let ports = if proto != PROTO_OTHER && first_fragment {
-        match (read_be16(ctx, offset), read_be16(ctx, offset + 2)) {
-            (Some(sport), Some(dport)) => Some((sport, dport)),
-            _ => None,
-        }
+        let ports: *const [u8; 4] = ptr_at(ctx, offset)?;
+        // SAFETY: ptr_at checked the 4 bytes are inside the packet.
+        let [s0, s1, d0, d1] = unsafe { *ports };
+        Some((u16::from_be_bytes([s0, s1]), u16::from_be_bytes([d0, d1])))
     } else {
         None
     };
-    Flow {
+    Some(Flow {
         family,
         src,
         dst,
         proto,
         ports,
-    }
+    })
 }

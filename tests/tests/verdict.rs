@@ -1,0 +1,458 @@
+//! Verdicts of the real program on crafted packets, through BPF_PROG_TEST_RUN (as root).
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use chaos_common::RuleCounters;
+use chaos_user::{
+    compile::compile,
+    datapath::Datapath,
+    rule::{Direction, Rule},
+};
+use netlab::assert_binomial;
+
+const PASS: u32 = 0;
+/// TC_ACT_REDIRECT: the drop path (redirect to ifindex 0).
+const DROP: u32 = 7;
+
+const V4_CLIENT: [u8; 4] = [198, 18, 0, 1];
+const V4_SERVER: [u8; 4] = [198, 18, 0, 2];
+const V4_OTHER: [u8; 4] = [198, 18, 0, 3];
+const V6_CLIENT: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const V6_SERVER: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+struct Harness {
+    datapath: Datapath,
+    rules: u32,
+}
+
+impl Harness {
+    fn new(rules: &[&str]) -> Self {
+        let datapath = Datapath::load().expect("load the program (run as root)");
+        let mut me = Self { datapath, rules: 0 };
+        me.apply(rules);
+        me
+    }
+
+    fn apply(&mut self, rules: &[&str]) {
+        let rules: Vec<Rule> = rules.iter().map(|r| r.parse().unwrap()).collect();
+        self.datapath.apply(&compile(&rules).unwrap()).unwrap();
+        self.rules = rules.len() as u32;
+    }
+
+    fn run(&mut self, dir: Direction, packet: &[u8], ctx: Option<&[u8]>, repeat: u32) -> u32 {
+        let prog = self.datapath.program(dir).unwrap();
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.ctx_in = ctx;
+        opts.repeat = repeat;
+        prog.test_run(opts)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {packet:02x?}: {e}"))
+            .return_value
+    }
+
+    fn egress(&mut self, packet: &[u8]) -> u32 {
+        self.run(Direction::Egress, packet, None, 1)
+    }
+
+    fn counters(&self) -> Vec<RuleCounters> {
+        self.datapath.counters(self.rules).unwrap()
+    }
+}
+
+fn eth(ether_type: u16) -> Vec<u8> {
+    let mut p = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
+    p.extend_from_slice(&ether_type.to_be_bytes());
+    p
+}
+
+/// 802.1Q/802.1ad tags, outermost first, in front of `inner`.
+fn vlan(tags: &[u16], inner: u16) -> Vec<u8> {
+    let mut p = eth(tags[0]);
+    for (i, _) in tags.iter().enumerate() {
+        p.extend_from_slice(&100u16.to_be_bytes());
+        let next = tags.get(i + 1).copied().unwrap_or(inner);
+        p.extend_from_slice(&next.to_be_bytes());
+    }
+    p
+}
+
+fn l4(sport: u16, dport: u16) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&sport.to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&[0, 16, 0, 0, 0, 0, 0, 0]);
+    p
+}
+
+/// IPv4 header with `options` (a multiple of 4 bytes) and the raw flags+offset field.
+fn ipv4(
+    proto: u8,
+    src: [u8; 4],
+    dst: [u8; 4],
+    options: &[u8],
+    frag: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let ihl = (20 + options.len()) / 4;
+    let total = (20 + options.len() + payload.len()) as u16;
+    let mut p = vec![0x40 | ihl as u8, 0];
+    p.extend_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&[0, 1]);
+    p.extend_from_slice(&frag.to_be_bytes());
+    p.extend_from_slice(&[64, proto, 0, 0]);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(options);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// IPv6 header; `ext` is a list of (header type, body) chained in order before `payload`.
+fn ipv6(proto: u8, src: [u8; 16], dst: [u8; 16], ext: &[(u8, Vec<u8>)], payload: &[u8]) -> Vec<u8> {
+    let first = ext.first().map_or(proto, |(t, _)| *t);
+    let mut body = Vec::new();
+    for (i, (_, h)) in ext.iter().enumerate() {
+        let next = ext.get(i + 1).map_or(proto, |(t, _)| *t);
+        body.push(next);
+        body.extend_from_slice(&h[1..]);
+    }
+    body.extend_from_slice(payload);
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[first, 64]);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&body);
+    p
+}
+
+/// An 8-byte options header (hop-by-hop or destination options): length field 0, PadN.
+fn opts_ext() -> Vec<u8> {
+    vec![0, 0, 1, 4, 0, 0, 0, 0]
+}
+
+/// A fragment header with offset in 8-byte units and the more-fragments flag.
+fn frag_ext(offset: u16, more: bool) -> Vec<u8> {
+    let field = (offset << 3) | u16::from(more);
+    let mut h = vec![0, 0];
+    h.extend_from_slice(&field.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0, 1]);
+    h
+}
+
+fn udp4(dst: [u8; 4], dport: u16) -> Vec<u8> {
+    [
+        eth(0x0800),
+        ipv4(IPPROTO_UDP, V4_CLIENT, dst, &[], 0, &l4(40000, dport)),
+    ]
+    .concat()
+}
+
+const V4_RULE: &str = "proto=udp dport=9000 dst=198.18.0.2/32 drop=1";
+
+#[test]
+fn ipv4_matches_port_protocol_and_prefix() {
+    let mut h = Harness::new(&[V4_RULE]);
+    assert_eq!(h.egress(&udp4(V4_SERVER, 9000)), DROP);
+    assert_eq!(h.egress(&udp4(V4_SERVER, 9001)), PASS, "other port");
+    assert_eq!(h.egress(&udp4(V4_OTHER, 9000)), PASS, "other host");
+    let tcp = [
+        eth(0x0800),
+        ipv4(IPPROTO_TCP, V4_CLIENT, V4_SERVER, &[], 0, &l4(40000, 9000)),
+    ]
+    .concat();
+    assert_eq!(h.egress(&tcp), PASS, "other protocol");
+    assert_eq!(
+        h.run(Direction::Ingress, &udp4(V4_SERVER, 9000), None, 1),
+        PASS,
+        "other direction"
+    );
+    let c = h.counters()[0];
+    assert_eq!((c.matched_pkts, c.dropped_pkts, c.matched_segs), (1, 1, 1));
+}
+
+#[test]
+fn ipv4_options_move_the_ports() {
+    let mut h = Harness::new(&[V4_RULE]);
+    // Options whose first bytes read as ports 40000 -> 9000: a parser ignoring IHL would drop
+    // the packet below, whose real destination port is 9001.
+    let mut options = l4(40000, 9000)[..4].to_vec();
+    options.extend_from_slice(&[1, 1, 1, 1]);
+    let decoy = [
+        eth(0x0800),
+        ipv4(
+            IPPROTO_UDP,
+            V4_CLIENT,
+            V4_SERVER,
+            &options,
+            0,
+            &l4(40000, 9001),
+        ),
+    ]
+    .concat();
+    assert_eq!(h.egress(&decoy), PASS);
+    let real = [
+        eth(0x0800),
+        ipv4(
+            IPPROTO_UDP,
+            V4_CLIENT,
+            V4_SERVER,
+            &[1; 8],
+            0,
+            &l4(40000, 9000),
+        ),
+    ]
+    .concat();
+    assert_eq!(h.egress(&real), DROP);
+}
+
+#[test]
+fn vlan_tags_are_looked_through() {
+    let mut h = Harness::new(&[V4_RULE]);
+    let payload = ipv4(IPPROTO_UDP, V4_CLIENT, V4_SERVER, &[], 0, &l4(40000, 9000));
+    assert_eq!(
+        h.egress(&[vlan(&[0x8100], 0x0800), payload.clone()].concat()),
+        DROP,
+        "802.1Q"
+    );
+    assert_eq!(
+        h.egress(&[vlan(&[0x88a8, 0x8100], 0x0800), payload].concat()),
+        DROP,
+        "802.1ad + 802.1Q"
+    );
+}
+
+#[test]
+fn truncated_and_non_ip_packets_pass() {
+    // A catch-all rule: anything parsed as IP would be dropped. (BPF_PROG_TEST_RUN itself
+    // refuses packets shorter than their IP header, so truncation is tested past it.)
+    let mut h = Harness::new(&["drop=1"]);
+    let full = udp4(V4_SERVER, 9000);
+    assert_eq!(h.egress(&full), DROP, "the catch-all rule is live");
+    assert_eq!(
+        h.egress(&full[..14 + 20 + 2]),
+        PASS,
+        "UDP header cut before the destination port"
+    );
+    let mut long_ihl = full.clone();
+    long_ihl[14] = 0x4f;
+    assert_eq!(h.egress(&long_ihl), PASS, "IHL pointing past the end");
+    let v6 = [
+        eth(0x86dd),
+        ipv6(
+            IPPROTO_UDP,
+            V6_CLIENT,
+            V6_SERVER,
+            &[(0, opts_ext())],
+            &l4(1, 2),
+        ),
+    ]
+    .concat();
+    assert_eq!(h.egress(&v6), DROP);
+    assert_eq!(
+        h.egress(&v6[..14 + 40 + 4]),
+        PASS,
+        "IPv6 extension header cut short"
+    );
+    let arp = [eth(0x0806), vec![0; 28]].concat();
+    assert_eq!(h.egress(&arp), PASS, "ARP is not IP");
+}
+
+#[test]
+fn later_fragments_match_only_portless_rules() {
+    // Payload of a later fragment whose bytes happen to read as ports 40000 -> 9000.
+    let later = [
+        eth(0x0800),
+        ipv4(
+            IPPROTO_UDP,
+            V4_CLIENT,
+            V4_SERVER,
+            &[],
+            185,
+            &l4(40000, 9000),
+        ),
+    ]
+    .concat();
+    let first = [
+        eth(0x0800),
+        ipv4(
+            IPPROTO_UDP,
+            V4_CLIENT,
+            V4_SERVER,
+            &[],
+            0x2000,
+            &l4(40000, 9000),
+        ),
+    ]
+    .concat();
+    let mut h = Harness::new(&[V4_RULE]);
+    assert_eq!(h.egress(&later), PASS, "no ports in a later fragment");
+    assert_eq!(h.egress(&first), DROP, "the first fragment has the ports");
+    let mut h = Harness::new(&["dst=198.18.0.2/32 drop=1"]);
+    assert_eq!(
+        h.egress(&later),
+        DROP,
+        "a port-less rule covers every fragment"
+    );
+}
+
+#[test]
+fn ipv6_with_extension_headers_and_fragments() {
+    let mut h = Harness::new(&["proto=udp dport=9000 dst=2001:db8::2/128 drop=1"]);
+    let udp = l4(40000, 9000);
+    let plain = [
+        eth(0x86dd),
+        ipv6(IPPROTO_UDP, V6_CLIENT, V6_SERVER, &[], &udp),
+    ]
+    .concat();
+    assert_eq!(h.egress(&plain), DROP);
+    let ext = [
+        eth(0x86dd),
+        ipv6(
+            IPPROTO_UDP,
+            V6_CLIENT,
+            V6_SERVER,
+            &[(0, opts_ext()), (60, opts_ext())],
+            &udp,
+        ),
+    ]
+    .concat();
+    assert_eq!(h.egress(&ext), DROP, "hop-by-hop + destination options");
+    let first = [
+        eth(0x86dd),
+        ipv6(
+            IPPROTO_UDP,
+            V6_CLIENT,
+            V6_SERVER,
+            &[(44, frag_ext(0, true))],
+            &udp,
+        ),
+    ]
+    .concat();
+    assert_eq!(h.egress(&first), DROP, "first fragment");
+    let later = [
+        eth(0x86dd),
+        ipv6(
+            IPPROTO_UDP,
+            V6_CLIENT,
+            V6_SERVER,
+            &[(44, frag_ext(10, false))],
+            &udp,
+        ),
+    ]
+    .concat();
+    assert_eq!(h.egress(&later), PASS, "later fragment");
+    let other_port = [
+        eth(0x86dd),
+        ipv6(IPPROTO_UDP, V6_CLIENT, V6_SERVER, &[], &l4(40000, 9001)),
+    ]
+    .concat();
+    assert_eq!(h.egress(&other_port), PASS);
+    let mut h = Harness::new(&[V4_RULE]);
+    assert_eq!(h.egress(&plain), PASS, "an IPv4 prefix never matches IPv6");
+}
+
+#[test]
+fn icmp_matches_only_portless_rules() {
+    let icmp = [
+        eth(0x0800),
+        ipv4(
+            IPPROTO_ICMP,
+            V4_CLIENT,
+            V4_SERVER,
+            &[],
+            0,
+            &[8, 0, 0, 0, 0, 1, 0, 1],
+        ),
+    ]
+    .concat();
+    let mut h = Harness::new(&["proto=any dport=9000 drop=1"]);
+    assert_eq!(h.egress(&icmp), PASS);
+    let mut h = Harness::new(&["proto=any dst=198.18.0.2/32 drop=1"]);
+    assert_eq!(h.egress(&icmp), DROP);
+}
+
+#[test]
+fn first_matching_rule_decides() {
+    let mut h = Harness::new(&[
+        "dport=9000 drop=0",
+        "dst=198.18.0.2/32 drop=1",
+        "dport=9000-9010 drop=1",
+    ]);
+    assert_eq!(
+        h.egress(&udp4(V4_SERVER, 9000)),
+        PASS,
+        "rule 0 wins and keeps the packet"
+    );
+    assert_eq!(h.egress(&udp4(V4_SERVER, 9001)), DROP, "rule 1");
+    assert_eq!(h.egress(&udp4(V4_OTHER, 9005)), DROP, "rule 2");
+    assert_eq!(h.egress(&udp4(V4_OTHER, 9011)), PASS, "past the range");
+    let matched: Vec<u64> = h.counters().iter().map(|c| c.matched_pkts).collect();
+    assert_eq!(matched, vec![1, 1, 1]);
+}
+
+#[test]
+fn shorter_prefix_rule_matches_inside_a_longer_one() {
+    // The trie answers with the /32 entry; it must carry the /15 rule too.
+    let mut h = Harness::new(&[
+        "dst=198.18.0.2/32 dport=1 drop=1",
+        "dst=198.18.0.0/15 drop=1",
+    ]);
+    assert_eq!(h.egress(&udp4(V4_SERVER, 9000)), DROP);
+    assert_eq!(h.counters()[1].matched_pkts, 1);
+}
+
+#[test]
+fn new_rule_sets_replace_old_ones_whole() {
+    let mut h = Harness::new(&["dport=9000 dst=198.18.0.2/32 drop=1"]);
+    assert_eq!(h.egress(&udp4(V4_SERVER, 9000)), DROP);
+    h.apply(&["dport=9001 drop=1"]);
+    assert_eq!(
+        h.egress(&udp4(V4_SERVER, 9000)),
+        PASS,
+        "old port entry gone"
+    );
+    assert_eq!(h.egress(&udp4(V4_SERVER, 9001)), DROP);
+    // Back into the first generation: the stale prefix and port must have been cleared.
+    h.apply(&["dport=9002 drop=1"]);
+    assert_eq!(h.egress(&udp4(V4_SERVER, 9000)), PASS);
+    assert_eq!(h.egress(&udp4(V4_SERVER, 9001)), PASS);
+    assert_eq!(h.egress(&udp4(V4_SERVER, 9002)), DROP);
+}
+
+/// `struct __sk_buff` as BPF_PROG_TEST_RUN takes it: 192 bytes, `gso_segs` at offset 164.
+fn skb_ctx(gso_segs: u32) -> Vec<u8> {
+    let mut ctx = vec![0u8; 192];
+    ctx[164..168].copy_from_slice(&gso_segs.to_ne_bytes());
+    ctx
+}
+
+#[test]
+fn drop_probability_per_packet_and_per_gso_packet() {
+    const RUNS: u32 = 20_000;
+    let mut h = Harness::new(&["proto=udp drop=30%"]);
+    h.run(Direction::Egress, &udp4(V4_SERVER, 9000), None, RUNS);
+    let c = h.counters()[0];
+    assert_eq!(c.matched_pkts, u64::from(RUNS));
+    assert_binomial("test_run drop=30%", c.dropped_pkts, c.matched_pkts, 0.3);
+
+    // A GSO packet of 40 segments is lost whole with p: 40 segments counted per packet.
+    let mut h = Harness::new(&["proto=udp drop=30%"]);
+    h.run(
+        Direction::Egress,
+        &udp4(V4_SERVER, 9000),
+        Some(&skb_ctx(40)),
+        RUNS,
+    );
+    let c = h.counters()[0];
+    assert_eq!(
+        c.matched_segs,
+        40 * c.matched_pkts,
+        "gso_segs read from the skb"
+    );
+    assert_binomial("test_run GSO drop=30%", c.dropped_pkts, c.matched_pkts, 0.3);
+    assert_eq!(c.dropped_segs, 40 * c.dropped_pkts);
+}
