@@ -24,7 +24,7 @@ use crate::{
 pub fn classify(ctx: &TcContext, dir: usize) -> i32 {
     match try_classify(ctx, dir) {
         Some(verdict) => verdict,
-        None => TC_ACT_OK as i32,
+        None => TC_ACT_OK,
     }
 }
 
@@ -151,7 +151,7 @@ fn apply(ctx: &TcContext, action: &RuleAction) -> i32 {
         }
     }
     if !drop {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     // Loss must be silent, as on a wire. TC_ACT_SHOT on egress hands the sending socket an error
     // (ping and TCP just resend at once), and TC_ACT_STOLEN means "next program" under TCX.
@@ -159,7 +159,7 @@ fn apply(ctx: &TcContext, action: &RuleAction) -> i32 {
     // success to the sender, under TCX and netlink cls_bpf alike.
     // SAFETY: plain helper call.
     unsafe { bpf_redirect(0, 0) };
-    TC_ACT_REDIRECT as i32
+    TC_ACT_REDIRECT
 }
 
 /// Whether this packet is lost: with probability `drop_prob` (scaled by `PROB_ONE`), whatever its

@@ -71,12 +71,9 @@ pub fn compile(rules: &[Rule]) -> Result<CompiledRules, CompileError> {
             (rule.src, &mut settings.src_any),
             (rule.dst, &mut settings.dst_any),
         ] {
-            match field {
-                None => {
-                    any[FAMILY_V4] |= bit;
-                    any[FAMILY_V6] |= bit;
-                }
-                Some(_) => {}
+            if field.is_none() {
+                any[FAMILY_V4] |= bit;
+                any[FAMILY_V6] |= bit;
             }
         }
     }

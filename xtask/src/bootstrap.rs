@@ -22,7 +22,7 @@ const LLVM_FEATURE: &str = "llvm-22";
 /// Runs every step; returns a PATH with the project's bpf-linker in front.
 pub fn run(root: &Path) -> Result<OsString> {
     apt_packages()?;
-    rust_src()?;
+    nightly_components()?;
     let linker_dir = bpf_linker(root)?;
     let mut path = OsString::from(linker_dir);
     if let Some(old) = std::env::var_os("PATH") {
@@ -65,7 +65,10 @@ fn dpkg_installed(pkg: &str) -> bool {
         })
 }
 
-fn rust_src() -> Result<()> {
+/// Nightly components: rust-src to build `core` for BPF, rustfmt and clippy for the lint step.
+const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
+
+fn nightly_components() -> Result<()> {
     let out = Command::new("rustup")
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
         .output()
@@ -76,14 +79,24 @@ fn rust_src() -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    if String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.starts_with("rust-src"))
-    {
+    let installed = String::from_utf8_lossy(&out.stdout);
+    let missing: Vec<&str> = NIGHTLY_COMPONENTS
+        .iter()
+        .copied()
+        .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    step("adding rust-src to the nightly toolchain (needed to build core for BPF)");
-    exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    step(&format!(
+        "adding {} to the nightly toolchain",
+        missing.join(", ")
+    ));
+    exec(
+        Command::new("rustup")
+            .args(["component", "add", "--toolchain", "nightly"])
+            .args(&missing),
+    )
 }
 
 /// Builds bpf-linker into `.tools/bpf-linker` against the nightly toolchain's own libLLVM, so

@@ -83,6 +83,7 @@ fn build(root: &Path) -> Result<BuildEnv> {
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     require_root("the tests create network namespaces and load BPF programs")?;
     let env = build(root)?;
+    lint(&env)?;
     step("running tests (unit, BPF_PROG_TEST_RUN verdicts, live traffic in namespaces)");
     exec(
         Command::new("cargo")
@@ -101,6 +102,36 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// rustfmt and clippy over the host crates and the eBPF crate: CI fails on any finding.
+fn lint(env: &BuildEnv) -> Result<()> {
+    step("checking formatting and clippy (host crates and the eBPF crate)");
+    exec(
+        Command::new("cargo")
+            .args(["+nightly", "fmt", "--all", "--", "--check"])
+            .current_dir(&env.root),
+    )?;
+    exec(
+        Command::new("cargo")
+            .args(["clippy", "--all-targets", "--", "-D", "warnings"])
+            .current_dir(&env.root)
+            .env("PATH", &env.path),
+    )?;
+    exec(
+        Command::new("cargo")
+            .args([
+                "+nightly",
+                "clippy",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+            ])
+            .args(["--release", "--", "-D", "warnings"])
+            .current_dir(env.root.join("chaos-ebpf"))
+            .env("PATH", &env.path),
+    )
 }
 
 pub fn require_root(why: &str) -> Result<()> {

@@ -78,6 +78,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Everything validated before the kernel is touched.
+#[derive(Debug)]
 struct Plan {
     rules: Vec<Rule>,
     compiled: CompiledRules,

@@ -1,0 +1,217 @@
+//! `chaos run` as a user drives it: clean-up on every way out, and bad input refused whole.
+
+use std::{process::Command, time::Duration};
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use netlab::{ChaosExit, ChaosProcess, IFACE, Lab, chaos_bin, chaos_output, in_netns};
+
+/// Names of the TCX programs on IFACE in `ns`, ingress then egress.
+fn tcx_programs(ns: &str) -> [Vec<String>; 2] {
+    in_netns(ns, || {
+        [TcAttachType::Ingress, TcAttachType::Egress].map(|t| {
+            let (_, progs) = SchedClassifier::query_tcx(IFACE, t).expect("query tcx");
+            progs
+                .iter()
+                .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+                .collect()
+        })
+    })
+}
+
+/// Everything tc shows on IFACE in `ns`: qdiscs and classic filters on both hooks.
+fn tc_state(ns: &str) -> String {
+    let mut state = String::new();
+    for args in [
+        &["qdisc", "show", "dev", IFACE][..],
+        &["filter", "show", "dev", IFACE, "ingress"],
+        &["filter", "show", "dev", IFACE, "egress"],
+    ] {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "tc"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tc {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        state.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    state
+}
+
+const BOTH_WAYS: [&str; 4] = [
+    "--rule",
+    "dir=ingress proto=udp drop=10%",
+    "--rule",
+    "proto=tcp dport=80 drop=10%",
+];
+
+fn cleanup_case(tag: &str, stop: impl FnOnce(ChaosProcess) -> ChaosExit, extra: &[&str]) {
+    let lab = Lab::new(tag);
+    let before = tc_state(&lab.a);
+    assert_eq!(tcx_programs(&lab.a), [Vec::<String>::new(), Vec::new()]);
+    let mut args = vec!["--netns", &lab.a, "--iface", IFACE];
+    args.extend_from_slice(&BOTH_WAYS);
+    args.extend_from_slice(extra);
+    let chaos = ChaosProcess::start(&args);
+    assert_eq!(
+        tcx_programs(&lab.a),
+        [
+            vec!["chaos_ingress".to_owned()],
+            vec!["chaos_egress".to_owned()]
+        ],
+        "attached while running"
+    );
+    let exit = stop(chaos);
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    assert!(
+        exit.stdout.contains("MATCHED"),
+        "final counters printed: {}",
+        exit.stdout
+    );
+    assert_eq!(
+        tcx_programs(&lab.a),
+        [Vec::<String>::new(), Vec::new()],
+        "nothing of ours left"
+    );
+    assert_eq!(tc_state(&lab.a), before, "qdiscs and filters as found");
+}
+
+#[test]
+fn cleanup_after_duration() {
+    cleanup_case(
+        "cdur",
+        |c| c.wait(Duration::from_secs(20)),
+        &["--duration", "1s"],
+    );
+}
+
+#[test]
+fn cleanup_after_sigint() {
+    cleanup_case("cint", |c| c.stop(libc::SIGINT), &[]);
+}
+
+#[test]
+fn cleanup_after_sigterm() {
+    cleanup_case("cterm", |c| c.stop(libc::SIGTERM), &[]);
+}
+
+/// Runs `chaos run` with `prefix` (e.g. setpriv) and `args`; expects exit 2, one line naming the
+/// problem, and nothing attached.
+fn refused(lab: &Lab, prefix: &[&str], args: &[&str], message: &str) {
+    let exit = if prefix.is_empty() {
+        chaos_output(&[&["run"], args].concat())
+    } else {
+        let bin = chaos_bin();
+        let out = Command::new(prefix[0])
+            .args(&prefix[1..])
+            .arg(&bin)
+            .arg("run")
+            .args(args)
+            .output()
+            .unwrap();
+        ChaosExit {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    assert_eq!(exit.code, Some(2), "{args:?}: {}", exit.stderr);
+    let lines: Vec<&str> = exit.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: one line expected, got {lines:?}");
+    assert!(
+        lines[0].contains(message),
+        "{args:?}: {:?} does not say {message:?}",
+        lines[0]
+    );
+    assert_eq!(
+        tcx_programs(&lab.a),
+        [Vec::<String>::new(), Vec::new()],
+        "{args:?} attached something"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_with_status_2() {
+    let lab = Lab::new("bad");
+    let base = ["--netns", lab.a.as_str(), "--iface", IFACE];
+    let with_rule = |rule: &'static str| [&base[..], &["--rule", rule]].concat();
+    let cases: &[(&str, &str)] = &[
+        ("dst=198.18.0.0/33 drop=1", "dst=198.18.0.0/33: not a CIDR"),
+        (
+            "src=not-an-address drop=1",
+            "src=not-an-address: not a CIDR",
+        ),
+        ("dport=0 drop=1", "dport=0: ports are 1-65535"),
+        ("sport=65536 drop=1", "sport=65536: ports are 1-65535"),
+        ("dport=9001-9000 drop=1", "range start is above its end"),
+        ("drop=1.5", "drop=1.5: expected a probability"),
+        ("drop=-3%", "drop=-3%: expected a probability"),
+        ("colour=red drop=1", "unknown key 'colour'"),
+    ];
+    for (rule, message) in cases {
+        refused(&lab, &[], &with_rule(rule), message);
+    }
+    // A good rule after a bad one: nothing at all is applied.
+    refused(
+        &lab,
+        &[],
+        &[&base[..], &["--rule", "drop=0.1", "--rule", "dport=0"]].concat(),
+        "--rule 'dport=0'",
+    );
+    refused(
+        &lab,
+        &[],
+        &["--netns", &lab.a, "--iface", "nosuch0", "--rule", "drop=1"],
+        "interface 'nosuch0' not found in network namespace",
+    );
+    refused(
+        &lab,
+        &[],
+        &[
+            "--netns",
+            "chaos-no-such-netns",
+            "--iface",
+            IFACE,
+            "--rule",
+            "drop=1",
+        ],
+        "network namespace 'chaos-no-such-netns' not found",
+    );
+    for (drop, cap) in [
+        ("-net_admin", "missing capability CAP_NET_ADMIN"),
+        ("-bpf,-sys_admin", "missing capability CAP_BPF"),
+        ("-sys_admin", "missing capability CAP_SYS_ADMIN"),
+    ] {
+        refused(
+            &lab,
+            &["setpriv", "--bounding-set", drop, "--"],
+            &with_rule("drop=1"),
+            cap,
+        );
+    }
+}
+
+#[test]
+fn help_explains_the_rule_language() {
+    let exit = chaos_output(&["run", "--help"]);
+    assert_eq!(exit.code, Some(0));
+    for needle in [
+        "--iface",
+        "--netns",
+        "--duration",
+        "dport=N | dport=N-M",
+        "drop=P",
+        "Exit status 2",
+    ] {
+        assert!(
+            exit.stdout.contains(needle),
+            "help lacks {needle:?}:\n{}",
+            exit.stdout
+        );
+    }
+    let usage = chaos_output(&["run", "--iface", IFACE]);
+    assert_eq!(usage.code, Some(2), "a missing --rule is a usage error");
+}
