@@ -6,7 +6,11 @@ use std::collections::BTreeSet;
 use aya::{
     Ebpf, EbpfError,
     maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
-    programs::{ProgramError, SchedClassifier, TcAttachType, tc::SchedClassifierLinkId},
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+        tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
+    },
+    util::KernelVersion,
 };
 use chaos_common::{
     GenSettings, RuleAction, RuleCounters, RuntimeConfig,
@@ -16,7 +20,36 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use thiserror::Error;
 use tracing::{debug, info};
 
-use crate::{compile::CompiledRules, rule::Direction};
+use crate::{
+    clsact::{self, AddedClsact},
+    compile::CompiledRules,
+    rule::Direction,
+};
+
+/// How programs are attached to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// TCX on kernels 6.6 and newer, netlink cls_bpf before.
+    #[default]
+    Auto,
+    /// A TCX link: detaches by itself when chaos's file descriptor closes.
+    Tcx,
+    /// A netlink cls_bpf filter on a clsact qdisc (added if missing, then removed again).
+    Netlink,
+}
+
+impl AttachMode {
+    fn resolve(self) -> Self {
+        match self {
+            // If the version cannot be read, TCX is tried and its error reported.
+            Self::Auto => match KernelVersion::current() {
+                Ok(v) if v < KernelVersion::new(6, 6, 0) => Self::Netlink,
+                _ => Self::Tcx,
+            },
+            other => other,
+        }
+    }
+}
 
 /// The compiled kernel program, embedded at build time by `build.rs`.
 pub static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chaos"));
@@ -53,6 +86,18 @@ pub enum DatapathError {
         direction: &'static str,
         #[source]
         source: ProgramError,
+    },
+    #[error("adding a clsact qdisc to {iface}: {source}")]
+    Clsact {
+        iface: String,
+        #[source]
+        source: TcError,
+    },
+    #[error("removing the clsact qdisc chaos added to {iface}: {source}")]
+    ClsactRemove {
+        iface: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("detaching from {iface} ({direction}): {source}")]
     Detach {
@@ -92,6 +137,8 @@ pub struct Datapath {
     active: u32,
     written: [Option<CompiledRules>; 2],
     attachments: Vec<Attachment>,
+    /// clsact qdiscs chaos added for netlink attachments; removed after the programs detach.
+    added_qdiscs: Vec<AddedClsact>,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
@@ -134,6 +181,7 @@ impl Datapath {
             active: 0,
             written: [None, None],
             attachments: Vec::new(),
+            added_qdiscs: Vec::new(),
         })
     }
 
@@ -243,21 +291,40 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attaches the program for `direction` to `iface` (TCX on kernels ≥ 6.6, netlink before).
-    pub fn attach(&mut self, iface: &str, direction: Direction) -> Result<()> {
+    /// Attaches the program for `direction` to `iface` (index `ifindex`).
+    pub fn attach(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        direction: Direction,
+        mode: AttachMode,
+    ) -> Result<()> {
         let attach_type = match direction {
             Direction::Ingress => TcAttachType::Ingress,
             Direction::Egress => TcAttachType::Egress,
         };
-        let err = |source| DatapathError::Attach {
-            iface: iface.to_owned(),
-            direction: direction.as_str(),
-            source,
+        let options = match mode.resolve() {
+            AttachMode::Netlink => {
+                if !self.added_qdiscs.iter().any(|q| q.iface == iface) {
+                    let added =
+                        clsact::ensure(iface, ifindex).map_err(|source| DatapathError::Clsact {
+                            iface: iface.to_owned(),
+                            source,
+                        })?;
+                    self.added_qdiscs.extend(added);
+                }
+                TcAttachOptions::Netlink(NlOptions::default())
+            }
+            _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
         };
         let link = classifier(&mut self.ebpf, program_name(direction))?
-            .attach(iface, attach_type)
-            .map_err(err)?;
-        info!(iface, direction = direction.as_str(), "attached");
+            .attach_with_options(iface, attach_type, options)
+            .map_err(|source| DatapathError::Attach {
+                iface: iface.to_owned(),
+                direction: direction.as_str(),
+                source,
+            })?;
+        info!(iface, direction = direction.as_str(), ?mode, "attached");
         self.attachments.push(Attachment {
             iface: iface.to_owned(),
             direction,
@@ -266,7 +333,8 @@ impl Datapath {
         Ok(())
     }
 
-    /// Detaches every attachment, reporting the first failure after trying them all.
+    /// Detaches every attachment and removes the qdiscs chaos added, reporting the first failure
+    /// after trying them all.
     pub fn detach_all(&mut self) -> Result<()> {
         let mut first_error = None;
         for Attachment {
@@ -286,6 +354,15 @@ impl Datapath {
                 Ok(()) => info!(iface, direction = direction.as_str(), "detached"),
                 Err(e) => {
                     first_error.get_or_insert(e);
+                }
+            }
+        }
+        for qdisc in self.added_qdiscs.drain(..) {
+            let iface = qdisc.iface.clone();
+            match qdisc.remove() {
+                Ok(()) => info!(iface, "removed the clsact qdisc chaos added"),
+                Err(source) => {
+                    first_error.get_or_insert(DatapathError::ClsactRemove { iface, source });
                 }
             }
         }

@@ -98,6 +98,47 @@ fn cleanup_after_sigterm() {
     cleanup_case("cterm", |c| c.stop(libc::SIGTERM), &[]);
 }
 
+/// Netlink cls_bpf attachment: chaos adds clsact only when missing and removes only what it added.
+fn netlink_cleanup_case(tag: &str, clsact_before: bool) {
+    let lab = Lab::new(tag);
+    if clsact_before {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &lab.a, "tc", "qdisc", "add", "dev", IFACE, "clsact",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let before = tc_state(&lab.a);
+    assert_eq!(before.contains("clsact"), clsact_before);
+    let mut args = vec!["--netns", &lab.a, "--iface", IFACE, "--attach", "netlink"];
+    args.extend_from_slice(&BOTH_WAYS);
+    let chaos = ChaosProcess::start(&args);
+    let during = tc_state(&lab.a);
+    for name in ["chaos_ingress", "chaos_egress"] {
+        assert!(during.contains(name), "{name} not attached:\n{during}");
+    }
+    assert_eq!(tcx_programs(&lab.a), [Vec::<String>::new(), Vec::new()]);
+    let exit = chaos.stop(libc::SIGTERM);
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    assert_eq!(tc_state(&lab.a), before, "qdiscs and filters as found");
+}
+
+#[test]
+fn netlink_cleanup_removes_the_clsact_it_added() {
+    netlink_cleanup_case("nlnew", false);
+}
+
+#[test]
+fn netlink_cleanup_keeps_a_clsact_that_was_there() {
+    netlink_cleanup_case("nlold", true);
+}
+
 /// Runs `chaos run` with `prefix` (e.g. setpriv) and `args`; expects exit 2, one line naming the
 /// problem, and nothing attached.
 fn refused(lab: &Lab, prefix: &[&str], args: &[&str], message: &str) {

@@ -20,12 +20,18 @@ fn field(report: &Value, name: &str) -> u64 {
 /// Sends DATAGRAMS to `dst` from the client while chaos runs `rule` on the `chaos_ns` side,
 /// then checks the receiver's loss against `p` and the rule's counters against the receiver.
 fn udp_loss(tag: &str, dst: SocketAddr, rule: &str, on_server: bool, p: f64) {
+    udp_loss_with(tag, dst, rule, on_server, p, &[]);
+}
+
+fn udp_loss_with(tag: &str, dst: SocketAddr, rule: &str, on_server: bool, p: f64, extra: &[&str]) {
     let lab = Lab::new(tag);
     let rx = UdpCounter::start(&lab.b, dst);
     let ns = if on_server { &lab.b } else { &lab.a };
-    let chaos = ChaosProcess::start(&[
+    let mut args = vec![
         "--netns", ns, "--iface", IFACE, "--rule", rule, "--output", "json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let chaos = ChaosProcess::start(&args);
     let send_errors = udp_send(&lab.a, dst, DATAGRAMS, 64);
     let (received, rx_errors) = rx.finish();
     let exit = chaos.stop(libc::SIGINT);
@@ -87,6 +93,19 @@ fn udp_ipv6_ingress_30_percent() {
         "dir=ingress proto=udp dport=9000 src=2001:db8::/64 drop=0.3",
         true,
         0.3,
+    );
+}
+
+/// The same drop path through a netlink cls_bpf filter instead of a TCX link.
+#[test]
+fn udp_ipv4_egress_30_percent_netlink_attachment() {
+    udp_loss_with(
+        "udp4nl",
+        (SERVER_V4, 9000).into(),
+        "proto=udp dport=9000 drop=30%",
+        false,
+        0.3,
+        &["--attach", "netlink"],
     );
 }
 

@@ -12,7 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     InputError, caps,
     compile::{CompiledRules, compile},
-    datapath::{Datapath, is_permission_error},
+    datapath::{AttachMode, Datapath, is_permission_error},
     netns,
     report::{RuleReport, json_lines, table},
     rule::{Direction, Rule},
@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// Format of the report.
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
+
+    /// How to attach to the interface.
+    #[arg(long, value_enum, default_value_t)]
+    pub attach: AttachMode,
 }
 
 const RULE_HELP: &str = "\
@@ -123,13 +127,13 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Some(name) = &args.netns {
         netns::enter(name).map_err(|e| InputError(e.to_string()))?;
     }
-    if netns::if_index(&args.iface).is_none() {
+    let Some(ifindex) = netns::if_index(&args.iface) else {
         let place = args.netns.as_ref().map_or_else(
             || "this network namespace".to_owned(),
             |n| format!("network namespace '{n}'"),
         );
         return Err(InputError(format!("interface '{}' not found in {place}", args.iface)).into());
-    }
+    };
     let mut datapath = Datapath::load().map_err(|e| {
         if is_permission_error(&e) {
             InputError(format!(
@@ -145,7 +149,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     for direction in &plan.directions {
         // On failure the Datapath drop detaches whatever was attached before.
         datapath
-            .attach(&args.iface, *direction)
+            .attach(&args.iface, ifindex, *direction, args.attach)
             .map_err(|e| InputError(e.to_string()))?;
     }
     announce(&args, &plan.directions);
@@ -262,6 +266,7 @@ mod tests {
             rules: rules.iter().map(|r| (*r).to_owned()).collect(),
             duration: None,
             output: Output::Text,
+            attach: AttachMode::Auto,
         }
     }
 
