@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
     helpers::{bpf_get_prandom_u32, bpf_redirect},
-    maps::lpm_trie::Key,
+    maps::{Array, lpm_trie::Key},
     programs::TcContext,
 };
 use chaos_common::{
@@ -16,7 +16,7 @@ use crate::{
         CHAOS_ACTIONS, CHAOS_CONFIG, CHAOS_COUNTERS, CHAOS_DPORT_RULES, CHAOS_DST4_RULES,
         CHAOS_DST6_RULES, CHAOS_SETTINGS, CHAOS_SPORT_RULES, CHAOS_SRC4_RULES, CHAOS_SRC6_RULES,
     },
-    parse::{Flow, parse},
+    parse::parse,
 };
 
 /// Decides one packet seen in direction `dir` (`DIR_INGRESS` or `DIR_EGRESS`).
@@ -41,17 +41,49 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
     let flow = parse(ctx)?;
     rules &= *settings.proto_rules.get(flow.proto)?;
     // Ports before prefixes: an array index is cheaper than a trie walk and usually more selective.
-    rules &= match flow.ports {
+    match flow.ports {
         Some((sport, dport)) => {
-            port_rules(&CHAOS_DPORT_RULES, generation, dport, settings.dport_any)
-                & port_rules(&CHAOS_SPORT_RULES, generation, sport, settings.sport_any)
+            rules = narrow(rules, settings.dport_any, || {
+                port_rules(&CHAOS_DPORT_RULES, generation, dport)
+            });
+            rules = narrow(rules, settings.sport_any, || {
+                port_rules(&CHAOS_SPORT_RULES, generation, sport)
+            });
         }
-        None => settings.portless_rules,
-    };
-    if rules == 0 {
-        return None;
+        None => rules &= settings.portless_rules,
     }
-    rules &= prefix_rules(&flow, generation, settings.src_any, settings.dst_any)?;
+    // The generation is the first byte of every prefix key, so a lookup never sees the other
+    // generation's prefixes; a miss leaves the rules that take any address of this family.
+    let key_gen = generation as u8;
+    let family = flow.family;
+    let (src_any, dst_any) = (settings.src_any[family & 1], settings.dst_any[family & 1]);
+    if family == FAMILY_V4 {
+        rules = narrow(rules, src_any, || {
+            CHAOS_SRC4_RULES
+                .get(v4_key(key_gen, &flow.src))
+                .copied()
+                .unwrap_or(src_any)
+        });
+        rules = narrow(rules, dst_any, || {
+            CHAOS_DST4_RULES
+                .get(v4_key(key_gen, &flow.dst))
+                .copied()
+                .unwrap_or(dst_any)
+        });
+    } else {
+        rules = narrow(rules, src_any, || {
+            CHAOS_SRC6_RULES
+                .get(v6_key(key_gen, &flow.src))
+                .copied()
+                .unwrap_or(src_any)
+        });
+        rules = narrow(rules, dst_any, || {
+            CHAOS_DST6_RULES
+                .get(v6_key(key_gen, &flow.dst))
+                .copied()
+                .unwrap_or(dst_any)
+        });
+    }
     if rules == 0 {
         return None;
     }
@@ -60,42 +92,24 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
     Some(apply(ctx, action))
 }
 
+/// Keeps the `rules` that accept a field. `any` holds the rules that accept every value of it, so
+/// the lookup (which returns the rules accepting this value, `any` included) is skipped when no
+/// candidate left constrains the field: port-only rules never walk a trie, prefix-only rules never
+/// touch a port array.
 #[inline(always)]
-fn port_rules(
-    map: &aya_ebpf::maps::Array<RuleMask>,
-    generation: u32,
-    port: u16,
-    any: RuleMask,
-) -> RuleMask {
+fn narrow(rules: RuleMask, any: RuleMask, lookup: impl FnOnce() -> RuleMask) -> RuleMask {
+    if rules & !any == 0 {
+        return rules;
+    }
+    rules & (lookup() | any)
+}
+
+/// Rules constrained on this port number that accept it.
+#[inline(always)]
+fn port_rules(map: &Array<RuleMask>, generation: u32, port: u16) -> RuleMask {
     map.get(generation * PORTS + u32::from(port))
         .copied()
         .unwrap_or(0)
-        | any
-}
-
-#[inline(always)]
-fn prefix_rules(
-    flow: &Flow,
-    generation: u32,
-    src_any: [RuleMask; 2],
-    dst_any: [RuleMask; 2],
-) -> Option<RuleMask> {
-    // The generation is the key's first byte, so a lookup never sees the other generation's
-    // prefixes; a miss leaves only the rules that have no prefix for this family.
-    let generation = generation as u8;
-    if flow.family == FAMILY_V4 {
-        let src = v4_key(generation, &flow.src);
-        let dst = v4_key(generation, &flow.dst);
-        let s = CHAOS_SRC4_RULES.get(&src).copied().unwrap_or(src_any[0]);
-        let d = CHAOS_DST4_RULES.get(&dst).copied().unwrap_or(dst_any[0]);
-        Some(s & d)
-    } else {
-        let src = v6_key(generation, &flow.src);
-        let dst = v6_key(generation, &flow.dst);
-        let s = CHAOS_SRC6_RULES.get(&src).copied().unwrap_or(src_any[1]);
-        let d = CHAOS_DST6_RULES.get(&dst).copied().unwrap_or(dst_any[1]);
-        Some(s & d)
-    }
 }
 
 #[inline(always)]

@@ -1,10 +1,8 @@
 //! The kernel side as seen from userspace: load the TC program, write rule sets, attach to an
 //! interface, read counters. Dropping a [`Datapath`] detaches everything it attached.
 
-use std::collections::BTreeSet;
-
 use aya::{
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, Pod,
     maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType,
@@ -215,36 +213,20 @@ impl Datapath {
         m.settings
             .set(generation, rules.settings, 0)
             .map_err(map_err("CHAOS_SETTINGS"))?;
-        for (port, mask) in &rules.dport {
-            m.dport
-                .set(generation * PORTS + u32::from(*port), mask, 0)
-                .map_err(map_err("CHAOS_DPORT_RULES"))?;
-        }
-        for (port, mask) in &rules.sport {
-            m.sport
-                .set(generation * PORTS + u32::from(*port), mask, 0)
-                .map_err(map_err("CHAOS_SPORT_RULES"))?;
-        }
-        for (net, mask) in &rules.src4 {
-            m.src4
-                .insert(&v4_key(generation, net), mask, 0)
-                .map_err(map_err("CHAOS_SRC4_RULES"))?;
-        }
-        for (net, mask) in &rules.dst4 {
-            m.dst4
-                .insert(&v4_key(generation, net), mask, 0)
-                .map_err(map_err("CHAOS_DST4_RULES"))?;
-        }
-        for (net, mask) in &rules.src6 {
-            m.src6
-                .insert(&v6_key(generation, net), mask, 0)
-                .map_err(map_err("CHAOS_SRC6_RULES"))?;
-        }
-        for (net, mask) in &rules.dst6 {
-            m.dst6
-                .insert(&v6_key(generation, net), mask, 0)
-                .map_err(map_err("CHAOS_DST6_RULES"))?;
-        }
+        set_ports(&mut m.dport, "CHAOS_DPORT_RULES", generation, &rules.dport)?;
+        set_ports(&mut m.sport, "CHAOS_SPORT_RULES", generation, &rules.sport)?;
+        insert_prefixes(&mut m.src4, "CHAOS_SRC4_RULES", &rules.src4, |n| {
+            v4_key(generation, n)
+        })?;
+        insert_prefixes(&mut m.dst4, "CHAOS_DST4_RULES", &rules.dst4, |n| {
+            v4_key(generation, n)
+        })?;
+        insert_prefixes(&mut m.src6, "CHAOS_SRC6_RULES", &rules.src6, |n| {
+            v6_key(generation, n)
+        })?;
+        insert_prefixes(&mut m.dst6, "CHAOS_DST6_RULES", &rules.dst6, |n| {
+            v6_key(generation, n)
+        })?;
         for (i, action) in rules.actions.iter().enumerate() {
             m.actions
                 .set(generation * MAX_RULES + i as u32, action, 0)
@@ -254,41 +236,36 @@ impl Datapath {
     }
 
     /// Zeroes what an earlier `write` put into `generation`, so stale entries cannot leak into
-    /// the next set written there.
+    /// the next set written there. Settings and actions are overwritten whole by `write`.
     fn clear(&mut self, generation: u32, old: &CompiledRules) -> Result<()> {
         let m = &mut self.maps;
-        let ports: BTreeSet<u16> = old.dport.iter().map(|(p, _)| *p).collect();
-        for port in ports {
-            m.dport
-                .set(generation * PORTS + u32::from(port), 0, 0)
-                .map_err(map_err("CHAOS_DPORT_RULES"))?;
-        }
-        for (port, _) in &old.sport {
-            m.sport
-                .set(generation * PORTS + u32::from(*port), 0, 0)
-                .map_err(map_err("CHAOS_SPORT_RULES"))?;
-        }
-        for (net, _) in &old.src4 {
-            m.src4
-                .remove(&v4_key(generation, net))
-                .map_err(map_err("CHAOS_SRC4_RULES"))?;
-        }
-        for (net, _) in &old.dst4 {
-            m.dst4
-                .remove(&v4_key(generation, net))
-                .map_err(map_err("CHAOS_DST4_RULES"))?;
-        }
-        for (net, _) in &old.src6 {
-            m.src6
-                .remove(&v6_key(generation, net))
-                .map_err(map_err("CHAOS_SRC6_RULES"))?;
-        }
-        for (net, _) in &old.dst6 {
-            m.dst6
-                .remove(&v6_key(generation, net))
-                .map_err(map_err("CHAOS_DST6_RULES"))?;
-        }
-        Ok(())
+        let zero = |entries: &[(u16, RuleMask)]| -> Vec<(u16, RuleMask)> {
+            entries.iter().map(|(port, _)| (*port, 0)).collect()
+        };
+        set_ports(
+            &mut m.dport,
+            "CHAOS_DPORT_RULES",
+            generation,
+            &zero(&old.dport),
+        )?;
+        set_ports(
+            &mut m.sport,
+            "CHAOS_SPORT_RULES",
+            generation,
+            &zero(&old.sport),
+        )?;
+        remove_prefixes(&mut m.src4, "CHAOS_SRC4_RULES", &old.src4, |n| {
+            v4_key(generation, n)
+        })?;
+        remove_prefixes(&mut m.dst4, "CHAOS_DST4_RULES", &old.dst4, |n| {
+            v4_key(generation, n)
+        })?;
+        remove_prefixes(&mut m.src6, "CHAOS_SRC6_RULES", &old.src6, |n| {
+            v6_key(generation, n)
+        })?;
+        remove_prefixes(&mut m.dst6, "CHAOS_DST6_RULES", &old.dst6, |n| {
+            v6_key(generation, n)
+        })
     }
 
     /// Attaches the program for `direction` to `iface` (index `ifindex`).
@@ -398,6 +375,43 @@ impl Drop for Datapath {
             tracing::error!("{e}");
         }
     }
+}
+
+fn set_ports(
+    map: &mut Array<MapData, RuleMask>,
+    name: &'static str,
+    generation: u32,
+    entries: &[(u16, RuleMask)],
+) -> Result<()> {
+    for (port, mask) in entries {
+        map.set(generation * PORTS + u32::from(*port), mask, 0)
+            .map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+fn insert_prefixes<N, K: Pod>(
+    trie: &mut LpmTrie<MapData, K, RuleMask>,
+    name: &'static str,
+    entries: &[(N, RuleMask)],
+    key: impl Fn(&N) -> Key<K>,
+) -> Result<()> {
+    for (net, mask) in entries {
+        trie.insert(&key(net), mask, 0).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+fn remove_prefixes<N, K: Pod>(
+    trie: &mut LpmTrie<MapData, K, RuleMask>,
+    name: &'static str,
+    entries: &[(N, RuleMask)],
+    key: impl Fn(&N) -> Key<K>,
+) -> Result<()> {
+    for (net, _) in entries {
+        trie.remove(&key(net)).map_err(map_err(name))?;
+    }
+    Ok(())
 }
 
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {

@@ -165,7 +165,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let reports = reports(&datapath, &plan.rules)?;
     waited?;
     detached?;
-    print_final(&reports, args.output, live)
+    print_final(&reports, args.output)
 }
 
 fn announce(args: &RunArgs, directions: &[Direction]) {
@@ -244,7 +244,7 @@ fn redraw(text: &str, previous_lines: usize) -> Result<usize> {
     Ok(text.lines().count())
 }
 
-fn print_final(reports: &[RuleReport], output: Output, _live: bool) -> Result<()> {
+fn print_final(reports: &[RuleReport], output: Output) -> Result<()> {
     let text = match output {
         Output::Text => table(reports),
         Output::Json => json_lines(reports)?,
