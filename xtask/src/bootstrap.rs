@@ -65,8 +65,8 @@ fn dpkg_installed(pkg: &str) -> bool {
         })
 }
 
-/// Nightly components: rust-src to build `core` for BPF, rustfmt and clippy for the lint step.
-const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "rustfmt", "clippy"];
+/// Nightly components: rust-src to build `core` for BPF, clippy to lint the eBPF crate.
+const NIGHTLY_COMPONENTS: &[&str] = &["rust-src", "clippy"];
 
 fn nightly_components() -> Result<()> {
     let out = Command::new("rustup")

@@ -109,7 +109,7 @@ fn lint(env: &BuildEnv) -> Result<()> {
     step("checking formatting and clippy (host crates and the eBPF crate)");
     exec(
         Command::new("cargo")
-            .args(["+nightly", "fmt", "--all", "--", "--check"])
+            .args(["fmt", "--all", "--", "--check"])
             .current_dir(&env.root),
     )?;
     exec(
