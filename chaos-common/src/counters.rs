@@ -11,6 +11,12 @@ pub struct RuleCounters {
     pub dropped_pkts: u64,
     pub dropped_segs: u64,
     pub dropped_bytes: u64,
+    /// Packets picked for delay (`delay-p`).
+    pub delayed_pkts: u64,
+    /// Sum over matched packets of the time they were held (delay, rate, order), in ns.
+    pub held_ns: u64,
+    /// Packets dropped because the rate's queue was full (not counted in `dropped_*`).
+    pub rate_dropped_pkts: u64,
 }
 
 impl RuleCounters {
@@ -22,6 +28,9 @@ impl RuleCounters {
         self.dropped_pkts += other.dropped_pkts;
         self.dropped_segs += other.dropped_segs;
         self.dropped_bytes += other.dropped_bytes;
+        self.delayed_pkts += other.delayed_pkts;
+        self.held_ns += other.held_ns;
+        self.rate_dropped_pkts += other.rate_dropped_pkts;
     }
 }
 
@@ -29,4 +38,4 @@ impl RuleCounters {
 // SAFETY: plain `#[repr(C)]` u64s; every bit pattern is valid.
 unsafe impl aya::Pod for RuleCounters {}
 
-const _: () = assert!(core::mem::size_of::<RuleCounters>() == 48);
+const _: () = assert!(core::mem::size_of::<RuleCounters>() == 72);

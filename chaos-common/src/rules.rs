@@ -74,12 +74,76 @@ pub struct GenSettings {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleAction {
-    /// Probability that one wire packet (one segment of a GSO packet) is lost, scaled by
-    /// [`PROB_ONE`].
+    /// Probability that a packet is lost, scaled by [`PROB_ONE`].
     pub drop_prob: u32,
-    /// Index into the counters array: stays with the rule when it moves between generations.
+    /// Index into the counters and rate-state arrays: stays with the rule when it moves between
+    /// generations.
     pub counter_slot: u32,
+    /// `ACTION_F_*` bits.
+    pub flags: u32,
+    /// Share of matched packets that are delayed, scaled by [`PROB_ONE`].
+    pub delay_prob: u32,
+    /// Added latency of a delayed packet, before the spread.
+    pub delay_ns: u64,
+    /// Spread around `delay_ns`: the half-width for `DIST_UNIFORM`, one standard deviation for
+    /// the table distributions.
+    pub jitter_ns: u64,
+    /// `DIST_*`: the shape of the spread.
+    pub dist: u32,
+    pub _pad: u32,
+    /// Pacing rate of the rule's traffic in bytes per second (with `ACTION_F_RATE`).
+    pub rate_bytes_per_sec: u64,
+    /// A packet that would wait longer than this for the rate is dropped, as by a full queue.
+    pub rate_queue_ns: u64,
 }
+
+/// The rule delays a share of its packets.
+pub const ACTION_F_DELAY: u32 = 1 << 0;
+/// The rule paces its packets to `rate_bytes_per_sec`.
+pub const ACTION_F_RATE: u32 = 1 << 1;
+/// Delayed packets may be overtaken by later packets of their flow.
+pub const ACTION_F_REORDER: u32 = 1 << 2;
+
+/// Spread evenly within ± jitter.
+pub const DIST_UNIFORM: u32 = 0;
+/// Spread from table 0 of `CHAOS_DIST_TABLES`.
+pub const DIST_NORMAL: u32 = 1;
+/// Spread from table 1.
+pub const DIST_PARETO: u32 = 2;
+/// Spread from table 2.
+pub const DIST_PARETONORMAL: u32 = 3;
+/// Distributions with a table (all but uniform).
+pub const DIST_TABLES: u32 = 3;
+/// Entries per distribution table, as netem's.
+pub const DIST_TABLE_SIZE: u32 = 4096;
+/// One standard deviation in table units: `offset = jitter * entry >> DIST_SCALE_SHIFT`.
+pub const DIST_SCALE_SHIFT: u32 = 12;
+/// Table entries are i16, so they span ±8 standard deviations.
+pub const DIST_MAX_SIGMA: u32 = 8;
+
+/// Per-rule pacing state for `rate=`: when the rule's virtual link is next free.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    pub next_free_ns: u64,
+}
+
+/// Identifies a flow for keeping its packets in order under delay: addresses and ports as on
+/// the wire, zero-padded IPv4 addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Flows whose last departure time is remembered (least recently used ones are forgotten).
+pub const MAX_FLOWS: u32 = 65536;
 
 /// Key data of the IPv4 prefix trie: the generation byte, then the address in network order.
 /// The trie's prefix length counts the generation's 8 bits.
@@ -102,8 +166,13 @@ mod pod {
     unsafe impl aya::Pod for super::GenSettings {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RuleAction {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RateState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKey {}
 }
 
 const _: () = assert!(core::mem::size_of::<RuntimeConfig>() == 8);
 const _: () = assert!(core::mem::size_of::<GenSettings>() == 8 * 12);
-const _: () = assert!(core::mem::size_of::<RuleAction>() == 8);
+const _: () = assert!(core::mem::size_of::<RuleAction>() == 56);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);

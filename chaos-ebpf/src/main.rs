@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+mod edt;
 mod maps;
 mod parse;
 mod verdict;

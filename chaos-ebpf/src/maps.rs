@@ -3,11 +3,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
 };
 use chaos_common::{
     GenSettings, RuleAction, RuleCounters, RuntimeConfig,
-    rules::{GENERATIONS, Ipv4LpmData, Ipv6LpmData, MAX_PREFIXES, MAX_RULES, PORTS, RuleMask},
+    rules::{
+        DIST_TABLE_SIZE, DIST_TABLES, FlowKey, GENERATIONS, Ipv4LpmData, Ipv6LpmData, MAX_FLOWS,
+        MAX_PREFIXES, MAX_RULES, PORTS, RateState, RuleMask,
+    },
 };
 
 /// Single entry: which generation is live.
@@ -53,3 +56,20 @@ pub static CHAOS_ACTIONS: Array<RuleAction> = Array::with_max_entries(GENERATION
 /// Per-CPU counters by counter slot; the loader sums the CPUs.
 #[map]
 pub static CHAOS_COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+
+/// Delay distributions (normal, Pareto, Pareto-normal), `DIST_TABLE_SIZE` entries each, in
+/// units of 1/8192 standard deviation; filled once by the loader, as netem's tables.
+#[map]
+pub static CHAOS_DIST_TABLES: Array<i16> =
+    Array::with_max_entries(DIST_TABLES * DIST_TABLE_SIZE, 0);
+
+/// Pacing state of each rule's `rate=` by counter slot. Shared by all CPUs: a race between two
+/// CPUs can let two packets share a slot, as in Cilium's EDT rate limiter.
+#[map]
+pub static CHAOS_RATE: Array<RateState> = Array::with_max_entries(MAX_RULES, 0);
+
+/// Last departure time given to each flow, so a later packet never leaves before an earlier
+/// delayed one (fq sends by departure time, not by arrival).
+#[map]
+pub static CHAOS_FLOW_DEPARTURE: LruHashMap<FlowKey, u64> =
+    LruHashMap::with_max_entries(MAX_FLOWS, 0);

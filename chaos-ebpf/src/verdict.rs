@@ -2,21 +2,22 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
-    helpers::{bpf_get_prandom_u32, bpf_redirect},
+    helpers::bpf_redirect,
     maps::{Array, lpm_trie::Key},
     programs::TcContext,
 };
 use chaos_common::{
     RuleAction, RuleCounters,
-    rules::{FAMILY_V4, LPM_GEN_BITS, MAX_RULES, PORTS, RuleMask},
+    rules::{ACTION_F_DELAY, ACTION_F_RATE, FAMILY_V4, LPM_GEN_BITS, MAX_RULES, PORTS, RuleMask},
 };
 
 use crate::{
+    edt::{Departure, roll, schedule},
     maps::{
         CHAOS_ACTIONS, CHAOS_CONFIG, CHAOS_COUNTERS, CHAOS_DPORT_RULES, CHAOS_DST4_RULES,
         CHAOS_DST6_RULES, CHAOS_SETTINGS, CHAOS_SPORT_RULES, CHAOS_SRC4_RULES, CHAOS_SRC6_RULES,
     },
-    parse::parse,
+    parse::{Flow, parse},
 };
 
 /// Decides one packet seen in direction `dir` (`DIR_INGRESS` or `DIR_EGRESS`).
@@ -89,7 +90,7 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
     }
     let rule = lowest_bit(rules);
     let action = CHAOS_ACTIONS.get(generation * MAX_RULES + rule)?;
-    Some(apply(ctx, action))
+    Some(apply(ctx, &flow, action))
 }
 
 /// Keeps the `rules` that accept a field. `any` holds the rules that accept every value of it, so
@@ -145,23 +146,42 @@ fn lowest_bit(mut mask: RuleMask) -> u32 {
     index
 }
 
-/// Counts the packet under its rule and drops it with the rule's probability.
+/// Applies the rule's faults to a packet and counts it: loss first, then the departure time
+/// (rate, delay, order) for what is kept.
 #[inline(always)]
-fn apply(ctx: &TcContext, action: &RuleAction) -> i32 {
+fn apply(ctx: &TcContext, flow: &Flow, action: &RuleAction) -> i32 {
     // SAFETY: reading a field of the context the kernel handed us.
     let segs = u64::from(unsafe { (*ctx.skb.skb).gso_segs }.max(1));
     let bytes = u64::from(ctx.len());
-    let drop = should_drop(action.drop_prob);
+    let mut drop = should_drop(action.drop_prob);
+    let mut departure = None;
+    if !drop && action.flags & (ACTION_F_DELAY | ACTION_F_RATE) != 0 {
+        let d = schedule(ctx, flow, action, bytes);
+        drop = d.overlimit;
+        departure = Some(d);
+    }
     if let Some(counters) = CHAOS_COUNTERS.get_ptr_mut(action.counter_slot) {
         // SAFETY: a per-CPU slot: no other program run touches it concurrently.
         let c: &mut RuleCounters = unsafe { &mut *counters };
         c.matched_pkts += 1;
         c.matched_segs += segs;
         c.matched_bytes += bytes;
-        if drop {
-            c.dropped_pkts += 1;
-            c.dropped_segs += segs;
-            c.dropped_bytes += bytes;
+        match departure {
+            Some(Departure {
+                overlimit: true, ..
+            }) => c.rate_dropped_pkts += 1,
+            Some(Departure {
+                delayed, held_ns, ..
+            }) => {
+                c.delayed_pkts += u64::from(delayed);
+                c.held_ns += held_ns;
+            }
+            None if drop => {
+                c.dropped_pkts += 1;
+                c.dropped_segs += segs;
+                c.dropped_bytes += bytes;
+            }
+            None => {}
         }
     }
     if !drop {
@@ -187,10 +207,5 @@ fn apply(ctx: &TcContext, action: &RuleAction) -> i32 {
 /// than on a wire with independent losses.
 #[inline(always)]
 fn should_drop(drop_prob: u32) -> bool {
-    if drop_prob == 0 {
-        return false;
-    }
-    // SAFETY: plain helper call.
-    let roll = unsafe { bpf_get_prandom_u32() } >> 1;
-    roll < drop_prob
+    roll(drop_prob)
 }

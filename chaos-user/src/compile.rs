@@ -2,17 +2,20 @@
 //!
 //! Pure data in, pure data out: everything here is unit-testable without a kernel.
 
+use std::time::Duration;
+
 use chaos_common::{
     GenSettings, RuleAction,
     rules::{
-        DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FAMILY_V6, MAX_RULES, PROB_ONE, PROTO_OTHER, PROTO_TCP,
-        PROTO_UDP, RuleMask,
+        ACTION_F_DELAY, ACTION_F_RATE, ACTION_F_REORDER, DIR_EGRESS, DIR_INGRESS, DIST_NORMAL,
+        DIST_PARETO, DIST_PARETONORMAL, DIST_UNIFORM, FAMILY_V4, FAMILY_V6, MAX_RULES, PROB_ONE,
+        PROTO_OTHER, PROTO_TCP, PROTO_UDP, RuleMask,
     },
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use thiserror::Error;
 
-use crate::rule::{Direction, PortRange, Protocol, Rule};
+use crate::rule::{Direction, Distribution, PortRange, Protocol, Rule};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CompileError {
@@ -80,10 +83,7 @@ pub fn compile(rules: &[Rule]) -> Result<CompiledRules, CompileError> {
     let actions = rules
         .iter()
         .enumerate()
-        .map(|(i, rule)| RuleAction {
-            drop_prob: scale_probability(rule.drop.get()),
-            counter_slot: i as u32,
-        })
+        .map(|(i, rule)| action(rule, i as u32))
         .collect();
     Ok(CompiledRules {
         dport: nonzero(&dport),
@@ -95,6 +95,38 @@ pub fn compile(rules: &[Rule]) -> Result<CompiledRules, CompileError> {
         settings,
         actions,
     })
+}
+
+/// How long a packet may wait for its rule's `rate=` before it is dropped, as by a full queue.
+pub const RATE_QUEUE: Duration = Duration::from_millis(500);
+
+fn action(rule: &Rule, counter_slot: u32) -> RuleAction {
+    let mut a = RuleAction {
+        drop_prob: scale_probability(rule.drop.get()),
+        counter_slot,
+        ..RuleAction::default()
+    };
+    if let Some(d) = rule.delay {
+        a.flags |= ACTION_F_DELAY;
+        a.delay_prob = scale_probability(d.probability.get());
+        a.delay_ns = d.delay.as_nanos() as u64;
+        a.jitter_ns = d.jitter.as_nanos() as u64;
+        a.dist = match d.dist {
+            Distribution::Uniform => DIST_UNIFORM,
+            Distribution::Normal => DIST_NORMAL,
+            Distribution::Pareto => DIST_PARETO,
+            Distribution::ParetoNormal => DIST_PARETONORMAL,
+        };
+    }
+    if let Some(rate) = rule.rate {
+        a.flags |= ACTION_F_RATE;
+        a.rate_bytes_per_sec = rate.bytes_per_second().max(1);
+        a.rate_queue_ns = RATE_QUEUE.as_nanos() as u64;
+    }
+    if rule.reorder {
+        a.flags |= ACTION_F_REORDER;
+    }
+    a
 }
 
 /// Probability in the kernel's fixed point, rounded to nearest.
@@ -250,6 +282,29 @@ mod tests {
         assert_eq!(probs, vec![0, 644_245_094, PROB_ONE]);
         let slots: Vec<u32> = c.actions.iter().map(|a| a.counter_slot).collect();
         assert_eq!(slots, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn delay_and_rate_actions() {
+        let c = compile(&rules(&[
+            "drop=5% delay=200ms jitter=50ms delay-p=20% dist=pareto",
+            "rate=10mbit",
+            "delay=1ms reorder=yes",
+        ]))
+        .unwrap();
+        let [a, b, r] = [c.actions[0], c.actions[1], c.actions[2]];
+        assert_eq!(a.flags, ACTION_F_DELAY);
+        assert_eq!(
+            (a.delay_ns, a.jitter_ns, a.dist),
+            (200_000_000, 50_000_000, DIST_PARETO)
+        );
+        assert_eq!(a.delay_prob, scale_probability(0.2));
+        assert_eq!(a.drop_prob, scale_probability(0.05));
+        assert_eq!(b.flags, ACTION_F_RATE);
+        assert_eq!(b.rate_bytes_per_sec, 1_250_000);
+        assert_eq!(b.rate_queue_ns, RATE_QUEUE.as_nanos() as u64);
+        assert_eq!(r.flags, ACTION_F_DELAY | ACTION_F_REORDER);
+        assert_eq!(r.delay_prob, PROB_ONE);
     }
 
     #[test]

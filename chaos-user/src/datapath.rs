@@ -21,6 +21,8 @@ use tracing::{debug, info};
 use crate::{
     clsact::{self, AddedClsact},
     compile::CompiledRules,
+    dist,
+    qdisc::{self, InstalledFq, QdiscError},
     rule::Direction,
 };
 
@@ -85,6 +87,14 @@ pub enum DatapathError {
         #[source]
         source: ProgramError,
     },
+    #[error(transparent)]
+    Qdisc(#[from] QdiscError),
+    #[error("restoring the root qdisc of {iface}: {source}")]
+    QdiscRestore {
+        iface: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("adding a clsact qdisc to {iface}: {source}")]
     Clsact {
         iface: String,
@@ -119,6 +129,7 @@ struct Maps {
     dst6: LpmTrie<MapData, Ipv6LpmData, RuleMask>,
     actions: Array<MapData, RuleAction>,
     counters: PerCpuArray<MapData, RuleCounters>,
+    dist_tables: Array<MapData, i16>,
 }
 
 struct Attachment {
@@ -137,6 +148,8 @@ pub struct Datapath {
     attachments: Vec<Attachment>,
     /// clsact qdiscs chaos added for netlink attachments; removed after the programs detach.
     added_qdiscs: Vec<AddedClsact>,
+    /// fq root qdiscs chaos installed for delay and rate; removed after the programs detach.
+    installed_fq: Vec<InstalledFq>,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
@@ -161,7 +174,7 @@ impl Datapath {
                 .load()
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
-        let maps = Maps {
+        let mut maps = Maps {
             config: take(&mut ebpf, "CHAOS_CONFIG")?,
             settings: take(&mut ebpf, "CHAOS_SETTINGS")?,
             dport: take(&mut ebpf, "CHAOS_DPORT_RULES")?,
@@ -172,7 +185,15 @@ impl Datapath {
             dst6: take(&mut ebpf, "CHAOS_DST6_RULES")?,
             actions: take(&mut ebpf, "CHAOS_ACTIONS")?,
             counters: take(&mut ebpf, "CHAOS_COUNTERS")?,
+            dist_tables: take(&mut ebpf, "CHAOS_DIST_TABLES")?,
         };
+        for (t, table) in dist::tables().iter().enumerate() {
+            for (i, entry) in table.iter().enumerate() {
+                maps.dist_tables
+                    .set((t * table.len() + i) as u32, entry, 0)
+                    .map_err(map_err("CHAOS_DIST_TABLES"))?;
+            }
+        }
         Ok(Self {
             maps,
             ebpf,
@@ -180,6 +201,7 @@ impl Datapath {
             written: [None, None],
             attachments: Vec::new(),
             added_qdiscs: Vec::new(),
+            installed_fq: Vec::new(),
         })
     }
 
@@ -268,6 +290,20 @@ impl Datapath {
         })
     }
 
+    /// Puts fq at the root of `iface` so stamped departure times are honoured; undone by
+    /// [`Datapath::detach_all`].
+    pub fn install_fq(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        horizon: std::time::Duration,
+    ) -> Result<()> {
+        let fq = qdisc::install_fq(iface, ifindex, horizon)?;
+        info!(iface, ?horizon, "installed fq");
+        self.installed_fq.push(fq);
+        Ok(())
+    }
+
     /// Attaches the program for `direction` to `iface` (index `ifindex`).
     pub fn attach(
         &mut self,
@@ -331,6 +367,15 @@ impl Datapath {
                 Ok(()) => info!(iface, direction = direction.as_str(), "detached"),
                 Err(e) => {
                     first_error.get_or_insert(e);
+                }
+            }
+        }
+        for fq in self.installed_fq.drain(..) {
+            let iface = fq.iface.clone();
+            match fq.restore() {
+                Ok(()) => info!(iface, "removed fq; the default root qdisc is back"),
+                Err(source) => {
+                    first_error.get_or_insert(DatapathError::QdiscRestore { iface, source });
                 }
             }
         }

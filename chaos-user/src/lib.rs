@@ -8,8 +8,11 @@ pub mod clsact;
 pub mod cmd;
 pub mod compile;
 pub mod datapath;
+pub mod dist;
 pub mod netns;
+pub mod qdisc;
 pub mod report;
+pub mod rtnl;
 pub mod rule;
 
 /// An error the user can fix by changing the command line or the environment: the CLI exits

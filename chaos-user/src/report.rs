@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::rule::Rule;
 
 /// One rule's counters as reported to users and scripts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RuleReport {
     /// Position of the rule on the command line, from 0; earlier rules win.
     pub rule: usize,
@@ -19,6 +19,12 @@ pub struct RuleReport {
     pub dropped_bytes: u64,
     pub passed_packets: u64,
     pub passed_bytes: u64,
+    /// Packets picked for delay by `delay-p`.
+    pub delayed_packets: u64,
+    /// Mean time a matched packet was held (delay, rate, order), in milliseconds.
+    pub mean_held_ms: f64,
+    /// Packets dropped because the rule's rate queue was full.
+    pub rate_dropped_packets: u64,
 }
 
 impl RuleReport {
@@ -32,8 +38,17 @@ impl RuleReport {
             dropped_packets: c.dropped_pkts,
             dropped_segments: c.dropped_segs,
             dropped_bytes: c.dropped_bytes,
-            passed_packets: c.matched_pkts.saturating_sub(c.dropped_pkts),
+            passed_packets: c
+                .matched_pkts
+                .saturating_sub(c.dropped_pkts + c.rate_dropped_pkts),
             passed_bytes: c.matched_bytes.saturating_sub(c.dropped_bytes),
+            delayed_packets: c.delayed_pkts,
+            mean_held_ms: if c.matched_pkts == 0 {
+                0.0
+            } else {
+                c.held_ns as f64 / c.matched_pkts as f64 / 1e6
+            },
+            rate_dropped_packets: c.rate_dropped_pkts,
         }
     }
 }
@@ -41,8 +56,8 @@ impl RuleReport {
 /// A fixed-width table, one line per rule, newline-terminated.
 pub fn table(reports: &[RuleReport]) -> String {
     let mut out = format!(
-        "{:>4}  {:>10}  {:>10}  {:>10}  {:>7}  {:>12}  {}\n",
-        "RULE", "MATCHED", "DROPPED", "PASSED", "LOSS", "BYTES", "SPEC"
+        "{:>4}  {:>10}  {:>10}  {:>10}  {:>7}  {:>10}  {:>9}  {:>12}  {}\n",
+        "RULE", "MATCHED", "DROPPED", "PASSED", "LOSS", "DELAYED", "HELD", "BYTES", "SPEC"
     );
     for r in reports {
         let loss = if r.matched_segments == 0 {
@@ -54,12 +69,14 @@ pub fn table(reports: &[RuleReport]) -> String {
             )
         };
         out.push_str(&format!(
-            "{:>4}  {:>10}  {:>10}  {:>10}  {:>7}  {:>12}  {}\n",
+            "{:>4}  {:>10}  {:>10}  {:>10}  {:>7}  {:>10}  {:>7.1}ms  {:>12}  {}\n",
             r.rule,
             r.matched_packets,
-            r.dropped_packets,
+            r.dropped_packets + r.rate_dropped_packets,
             r.passed_packets,
             loss,
+            r.delayed_packets,
+            r.mean_held_ms,
             r.matched_bytes,
             r.spec
         ));

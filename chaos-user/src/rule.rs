@@ -1,11 +1,14 @@
 //! The rule language of `chaos run`: space-separated `key=value` pairs.
 //!
 //! ```text
-//! dir=egress|ingress  proto=tcp|udp|any  dport=N|N-M  sport=N|N-M  dst=CIDR  src=CIDR  drop=P
+//! match:  dir=egress|ingress  proto=tcp|udp|any  dport=N|N-M  sport=N|N-M  dst=CIDR  src=CIDR
+//! faults: drop=P  delay=DURATION  jitter=DURATION  dist=uniform|normal|pareto|paretonormal
+//!         delay-p=P  rate=RATE  reorder=yes|no
 //! ```
 
-use std::{fmt, net::IpAddr, str::FromStr};
+use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
 
+use chaos_common::rules::DIST_MAX_SIGMA;
 use ipnet::IpNet;
 use thiserror::Error;
 
@@ -38,9 +41,33 @@ pub enum RuleError {
     },
     #[error("src={src} and dst={dst} are of different IP families: no packet can match")]
     MixedFamilies { src: IpNet, dst: IpNet },
-    #[error("drop={0}: expected a probability from 0 to 1, or a percentage from 0% to 100%")]
-    Probability(String),
+    #[error("{key}={value}: expected a probability from 0 to 1, or a percentage from 0% to 100%")]
+    Probability { key: &'static str, value: String },
+    #[error("{key}={value}: expected a duration such as 50ms, 1.5s or 200us")]
+    Duration { key: &'static str, value: String },
+    #[error("dist={0}: expected uniform, normal, pareto or paretonormal")]
+    Distribution(String),
+    #[error("rate={0}: expected a positive rate such as 500kbit, 10mbit or 2gbit")]
+    Rate(String),
+    #[error("reorder={0}: expected yes or no")]
+    Reorder(String),
+    #[error("{0} needs delay=...")]
+    NeedsDelay(&'static str),
+    #[error("dist needs jitter=...")]
+    DistNeedsJitter,
+    #[error(
+        "delay {delay:?} + {DIST_MAX_SIGMA} x jitter {jitter:?} exceeds fq's horizon limit of {limit_s} s (a 32-bit microsecond count)"
+    )]
+    Horizon {
+        delay: Duration,
+        jitter: Duration,
+        limit_s: u64,
+    },
 }
+
+/// The longest time fq can hold a packet: its horizon is a u32 of microseconds, and iproute2
+/// silently wraps larger values, so chaos refuses delays past it.
+pub const MAX_HORIZON: Duration = Duration::from_micros(u32::MAX as u64);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -78,6 +105,7 @@ pub struct Probability(f64);
 
 impl Probability {
     pub const ZERO: Self = Self(0.0);
+    pub const ONE: Self = Self(1.0);
 
     pub fn new(p: f64) -> Option<Self> {
         (0.0..=1.0).contains(&p).then_some(Self(p))
@@ -85,6 +113,40 @@ impl Probability {
 
     pub const fn get(self) -> f64 {
         self.0
+    }
+}
+
+/// Shape of the delay spread around `delay`, as netem's `distribution`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Distribution {
+    /// Evenly within delay ± jitter.
+    #[default]
+    Uniform,
+    /// Normal with standard deviation `jitter`.
+    Normal,
+    /// Pareto (heavy tail), scaled to standard deviation `jitter`.
+    Pareto,
+    /// A mix of normal and Pareto, as netem's paretonormal.
+    ParetoNormal,
+}
+
+/// Added latency: every delayed packet departs `delay` (± the spread) later.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Delay {
+    pub delay: Duration,
+    pub jitter: Duration,
+    pub dist: Distribution,
+    /// Share of matched packets that are delayed.
+    pub probability: Probability,
+}
+
+/// A rate in bits per second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate(pub u64);
+
+impl Rate {
+    pub const fn bytes_per_second(self) -> u64 {
+        self.0 / 8
     }
 }
 
@@ -99,11 +161,27 @@ pub struct Rule {
     pub dst: Option<IpNet>,
     pub src: Option<IpNet>,
     pub drop: Probability,
+    pub delay: Option<Delay>,
+    pub rate: Option<Rate>,
+    /// Let delayed packets be overtaken by later ones of the same flow (default: keep order).
+    pub reorder: bool,
 }
 
 impl Rule {
     pub fn has_ports(&self) -> bool {
         self.dport.is_some() || self.sport.is_some()
+    }
+
+    /// Whether the rule sets departure times, and so needs fq on its interface.
+    pub fn needs_fq(&self) -> bool {
+        self.delay.is_some() || self.rate.is_some()
+    }
+
+    /// The longest a packet of this rule waits in fq from its delay alone: delay plus the
+    /// distribution tables' widest entry.
+    pub fn max_delay(&self) -> Duration {
+        self.delay
+            .map_or(Duration::ZERO, |d| d.delay + d.jitter * DIST_MAX_SIGMA)
     }
 }
 
@@ -124,6 +202,12 @@ impl FromStr for Rule {
         let mut dst = None;
         let mut src = None;
         let mut drop = None;
+        let mut delay = None;
+        let mut jitter = None;
+        let mut dist = None;
+        let mut delay_p = None;
+        let mut rate = None;
+        let mut reorder = None;
         let mut any = false;
         for pair in text.split_whitespace() {
             any = true;
@@ -137,7 +221,17 @@ impl FromStr for Rule {
                 "sport" => set(&mut sport, "sport", parse_ports("sport", value)?)?,
                 "dst" => set(&mut dst, "dst", parse_cidr("dst", value)?)?,
                 "src" => set(&mut src, "src", parse_cidr("src", value)?)?,
-                "drop" => set(&mut drop, "drop", parse_probability(value)?)?,
+                "drop" => set(&mut drop, "drop", parse_probability("drop", value)?)?,
+                "delay" => set(&mut delay, "delay", parse_duration("delay", value)?)?,
+                "jitter" => set(&mut jitter, "jitter", parse_duration("jitter", value)?)?,
+                "dist" => set(&mut dist, "dist", parse_distribution(value)?)?,
+                "delay-p" => set(
+                    &mut delay_p,
+                    "delay-p",
+                    parse_probability("delay-p", value)?,
+                )?,
+                "rate" => set(&mut rate, "rate", parse_rate(value)?)?,
+                "reorder" => set(&mut reorder, "reorder", parse_yes_no(value)?)?,
                 other => return Err(RuleError::UnknownKey(other.to_owned())),
             }
         }
@@ -149,6 +243,31 @@ impl FromStr for Rule {
         {
             return Err(RuleError::MixedFamilies { src, dst });
         }
+        let delay = match delay {
+            Some(delay) => Some(Delay {
+                delay,
+                jitter: jitter.unwrap_or(Duration::ZERO),
+                dist: match (dist, jitter) {
+                    (Some(_), None) => return Err(RuleError::DistNeedsJitter),
+                    (dist, _) => dist.unwrap_or_default(),
+                },
+                probability: delay_p.unwrap_or(Probability::ONE),
+            }),
+            None if jitter.is_some() => return Err(RuleError::NeedsDelay("jitter")),
+            None if delay_p.is_some() => return Err(RuleError::NeedsDelay("delay-p")),
+            None if dist.is_some() => return Err(RuleError::NeedsDelay("dist")),
+            None if reorder.is_some() => return Err(RuleError::NeedsDelay("reorder")),
+            None => None,
+        };
+        if let Some(d) = delay
+            && d.delay + d.jitter * DIST_MAX_SIGMA > MAX_HORIZON
+        {
+            return Err(RuleError::Horizon {
+                delay: d.delay,
+                jitter: d.jitter,
+                limit_s: MAX_HORIZON.as_secs(),
+            });
+        }
         Ok(Self {
             text: text.split_whitespace().collect::<Vec<_>>().join(" "),
             direction: direction.unwrap_or(Direction::Egress),
@@ -158,6 +277,9 @@ impl FromStr for Rule {
             dst,
             src,
             drop: drop.unwrap_or(Probability::ZERO),
+            delay,
+            rate,
+            reorder: reorder.unwrap_or(false),
         })
     }
 }
@@ -232,14 +354,84 @@ fn parse_cidr(key: &'static str, value: &str) -> Result<IpNet, RuleError> {
     Ok(net)
 }
 
-fn parse_probability(value: &str) -> Result<Probability, RuleError> {
-    let err = || RuleError::Probability(value.to_owned());
+fn parse_probability(key: &'static str, value: &str) -> Result<Probability, RuleError> {
+    let err = || RuleError::Probability {
+        key,
+        value: value.to_owned(),
+    };
     let p = match value.strip_suffix('%') {
         Some(percent) => percent.parse::<f64>().map_err(|_| err())? / 100.0,
         None => value.parse::<f64>().map_err(|_| err())?,
     };
     // `new` also refuses NaN: it is not inside any range.
     Probability::new(p).ok_or_else(err)
+}
+
+/// A decimal number and a unit: `us`, `ms` or `s` (`1.5s`, `50ms`, `200us`).
+fn parse_duration(key: &'static str, value: &str) -> Result<Duration, RuleError> {
+    let err = || RuleError::Duration {
+        key,
+        value: value.to_owned(),
+    };
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(err)?;
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number.parse().map_err(|_| err())?;
+    let seconds = match unit {
+        "us" => number / 1e6,
+        "ms" => number / 1e3,
+        "s" => number,
+        _ => return Err(err()),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| err())
+}
+
+fn parse_distribution(value: &str) -> Result<Distribution, RuleError> {
+    match value {
+        "uniform" => Ok(Distribution::Uniform),
+        "normal" => Ok(Distribution::Normal),
+        "pareto" => Ok(Distribution::Pareto),
+        "paretonormal" => Ok(Distribution::ParetoNormal),
+        _ => Err(RuleError::Distribution(value.to_owned())),
+    }
+}
+
+/// tc's units: `bit`, `kbit`, `mbit`, `gbit` (bits per second) and `bps`, `kbps`, `mbps`,
+/// `gbps` (bytes per second), with decimal multipliers.
+fn parse_rate(value: &str) -> Result<Rate, RuleError> {
+    let err = || RuleError::Rate(value.to_owned());
+    let lower = value.to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(err)?;
+    let (number, unit) = lower.split_at(split);
+    let number: f64 = number.parse().map_err(|_| err())?;
+    let bits_per_unit = match unit {
+        "bit" => 1.0,
+        "kbit" => 1e3,
+        "mbit" => 1e6,
+        "gbit" => 1e9,
+        "bps" => 8.0,
+        "kbps" => 8e3,
+        "mbps" => 8e6,
+        "gbps" => 8e9,
+        _ => return Err(err()),
+    };
+    let bits = number * bits_per_unit;
+    // At least one byte per second; at most what a u64 of bits holds comfortably.
+    if !(8.0..=1e15).contains(&bits) {
+        return Err(err());
+    }
+    Ok(Rate(bits.round() as u64))
+}
+
+fn parse_yes_no(value: &str) -> Result<bool, RuleError> {
+    match value {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err(RuleError::Reorder(value.to_owned())),
+    }
 }
 
 #[cfg(test)]
@@ -339,14 +531,125 @@ mod tests {
                     value: "nonsense".into(),
                 },
             ),
-            ("drop=1.5", RuleError::Probability("1.5".into())),
-            ("drop=-1%", RuleError::Probability("-1%".into())),
-            ("drop=101%", RuleError::Probability("101%".into())),
-            ("drop=NaN", RuleError::Probability("NaN".into())),
+            (
+                "drop=1.5",
+                RuleError::Probability {
+                    key: "drop",
+                    value: "1.5".into(),
+                },
+            ),
+            (
+                "drop=-1%",
+                RuleError::Probability {
+                    key: "drop",
+                    value: "-1%".into(),
+                },
+            ),
+            (
+                "drop=101%",
+                RuleError::Probability {
+                    key: "drop",
+                    value: "101%".into(),
+                },
+            ),
+            (
+                "drop=NaN",
+                RuleError::Probability {
+                    key: "drop",
+                    value: "NaN".into(),
+                },
+            ),
+            (
+                "delay=1 delay-p=2",
+                RuleError::Duration {
+                    key: "delay",
+                    value: "1".into(),
+                },
+            ),
+            (
+                "delay=5ms delay-p=2",
+                RuleError::Probability {
+                    key: "delay-p",
+                    value: "2".into(),
+                },
+            ),
+            (
+                "delay=-5ms",
+                RuleError::Duration {
+                    key: "delay",
+                    value: "-5ms".into(),
+                },
+            ),
+            (
+                "delay=5h",
+                RuleError::Duration {
+                    key: "delay",
+                    value: "5h".into(),
+                },
+            ),
+            (
+                "delay=5ms jitter=x",
+                RuleError::Duration {
+                    key: "jitter",
+                    value: "x".into(),
+                },
+            ),
+            (
+                "delay=5ms jitter=1ms dist=gauss",
+                RuleError::Distribution("gauss".into()),
+            ),
+            ("rate=fast", RuleError::Rate("fast".into())),
+            ("rate=0mbit", RuleError::Rate("0mbit".into())),
+            ("rate=10mbit/s", RuleError::Rate("10mbit/s".into())),
+            (
+                "delay=5ms reorder=maybe",
+                RuleError::Reorder("maybe".into()),
+            ),
+            ("jitter=5ms", RuleError::NeedsDelay("jitter")),
+            ("delay-p=50%", RuleError::NeedsDelay("delay-p")),
+            ("reorder=yes", RuleError::NeedsDelay("reorder")),
+            ("delay=5ms dist=normal", RuleError::DistNeedsJitter),
         ];
         for (text, want) in cases {
             assert_eq!(parse(text).as_ref().unwrap_err(), want, "rule {text:?}");
         }
+    }
+
+    #[test]
+    fn delay_jitter_rate() {
+        let r = parse("proto=tcp dport=6379 drop=5% delay=200ms jitter=50ms delay-p=20% dist=normal rate=10mbit reorder=yes").unwrap();
+        let d = r.delay.unwrap();
+        assert_eq!(d.delay, Duration::from_millis(200));
+        assert_eq!(d.jitter, Duration::from_millis(50));
+        assert_eq!(d.dist, Distribution::Normal);
+        assert!((d.probability.get() - 0.2).abs() < 1e-12);
+        assert_eq!(r.rate, Some(Rate(10_000_000)));
+        assert!(r.reorder && r.needs_fq());
+        let r = parse("delay=1.5s").unwrap();
+        assert_eq!(r.delay.unwrap().delay, Duration::from_millis(1500));
+        assert_eq!(r.delay.unwrap().probability, Probability::ONE);
+        assert_eq!(r.delay.unwrap().dist, Distribution::Uniform);
+        assert_eq!(
+            parse("delay=200us").unwrap().delay.unwrap().delay,
+            Duration::from_micros(200)
+        );
+        assert_eq!(parse("rate=500kbit").unwrap().rate, Some(Rate(500_000)));
+        assert_eq!(parse("rate=2GBIT").unwrap().rate, Some(Rate(2_000_000_000)));
+        assert_eq!(parse("rate=1mbps").unwrap().rate, Some(Rate(8_000_000)));
+        assert!(!parse("drop=1").unwrap().needs_fq());
+    }
+
+    #[test]
+    fn delays_beyond_the_fq_horizon_are_refused() {
+        assert!(parse("delay=4000s").is_ok());
+        assert!(matches!(
+            parse("delay=4295s"),
+            Err(RuleError::Horizon { .. })
+        ));
+        assert!(matches!(
+            parse("delay=4000s jitter=100s"),
+            Err(RuleError::Horizon { .. })
+        ));
     }
 
     #[test]

@@ -11,11 +11,11 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     InputError, caps,
-    compile::{CompiledRules, compile},
+    compile::{CompiledRules, RATE_QUEUE, compile},
     datapath::{AttachMode, Datapath, is_permission_error},
     netns,
     report::{RuleReport, json_lines, table},
-    rule::{Direction, Rule},
+    rule::{Direction, MAX_HORIZON, Rule},
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -87,7 +87,12 @@ struct Plan {
     rules: Vec<Rule>,
     compiled: CompiledRules,
     directions: Vec<Direction>,
+    /// fq's horizon when egress rules set departure times.
+    fq_horizon: Option<Duration>,
 }
+
+/// Slack on top of the longest hold a rule can cause, so fq never caps a departure time.
+const HORIZON_MARGIN: Duration = Duration::from_secs(1);
 
 fn plan(args: &RunArgs) -> Result<Plan, InputError> {
     let rules = args
@@ -105,10 +110,25 @@ fn plan(args: &RunArgs) -> Result<Plan, InputError> {
             directions.push(rule.direction);
         }
     }
+    if let Some(rule) = rules
+        .iter()
+        .find(|r| r.needs_fq() && r.direction == Direction::Ingress)
+    {
+        return Err(InputError(format!(
+            "--rule '{rule}': delay= and rate= work on egress only for now"
+        )));
+    }
+    let fq_horizon = rules
+        .iter()
+        .filter(|r| r.needs_fq())
+        .map(|r| r.max_delay() + r.rate.map_or(Duration::ZERO, |_| RATE_QUEUE) + HORIZON_MARGIN)
+        .max()
+        .map(|h| h.min(MAX_HORIZON));
     Ok(Plan {
         rules,
         compiled,
         directions,
+        fq_horizon,
     })
 }
 
@@ -145,6 +165,12 @@ pub fn run(args: RunArgs) -> Result<()> {
             ))
         }
     })?;
+    if let Some(horizon) = plan.fq_horizon {
+        // Before anything is attached: a kernel without fq must leave the interface untouched.
+        datapath
+            .install_fq(&args.iface, ifindex, horizon)
+            .map_err(|e| InputError(e.to_string()))?;
+    }
     datapath.apply(&plan.compiled).context("writing rules")?;
     for direction in &plan.directions {
         // On failure the Datapath drop detaches whatever was attached before.
