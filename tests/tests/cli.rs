@@ -256,3 +256,57 @@ fn help_explains_the_rule_language() {
     let usage = chaos_output(&["run", "--iface", IFACE]);
     assert_eq!(usage.code, Some(2), "a missing --rule is a usage error");
 }
+
+/// Whether this kernel has sch_fq: tried on a throwaway interface of `ns`.
+fn kernel_has_fq(ns: &str) -> bool {
+    let run = |args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let add = run(&["ip", "link", "add", "fqprobe", "type", "dummy"]);
+    let probe = if add.status.success() {
+        "fqprobe"
+    } else {
+        "lo"
+    };
+    let has = run(&["tc", "qdisc", "add", "dev", probe, "root", "fq"])
+        .status
+        .success();
+    if has {
+        run(&["tc", "qdisc", "del", "dev", probe, "root"]);
+    }
+    if add.status.success() {
+        run(&["ip", "link", "del", "fqprobe"]);
+    }
+    has
+}
+
+#[test]
+fn delay_needs_fq() {
+    let lab = Lab::new("nofq");
+    let before = tc_state(&lab.a);
+    let args = [
+        "--netns",
+        lab.a.as_str(),
+        "--iface",
+        IFACE,
+        "--rule",
+        "proto=udp delay=50ms",
+    ];
+    if kernel_has_fq(&lab.a) {
+        let chaos = ChaosProcess::start(&args);
+        assert!(
+            tc_state(&lab.a).contains("qdisc fq ca05:"),
+            "{}",
+            tc_state(&lab.a)
+        );
+        let exit = chaos.stop(libc::SIGINT);
+        assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    } else {
+        refused(&lab, &[], &args, "this kernel has no fq qdisc (sch_fq");
+    }
+    assert_eq!(tc_state(&lab.a), before, "root qdisc as found");
+}

@@ -53,6 +53,22 @@ impl Harness {
             .return_value
     }
 
+    /// Runs the egress program once: the verdict, the monotonic time just before the run, and
+    /// the departure time the program stamped (None: not held, leaves at once).
+    fn departure(&mut self, packet: &[u8]) -> (u32, u64, Option<u64>) {
+        let ctx_in = skb_ctx(1);
+        let mut ctx_out = vec![0u8; ctx_in.len()];
+        let prog = self.datapath.program(Direction::Egress).unwrap();
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.ctx_in = Some(&ctx_in);
+        opts.ctx_out = Some(&mut ctx_out);
+        let before = monotonic_ns();
+        let verdict = prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value;
+        let stamp = u64::from_ne_bytes(ctx_out[152..160].try_into().unwrap());
+        (verdict, before, (stamp != 0).then_some(stamp))
+    }
+
     fn egress(&mut self, packet: &[u8]) -> u32 {
         self.run(Direction::Egress, packet, None, 1)
     }
@@ -455,4 +471,153 @@ fn drop_probability_per_packet_and_per_gso_packet() {
     );
     assert_binomial("test_run GSO drop=30%", c.dropped_pkts, c.matched_pkts, 0.3);
     assert_eq!(c.dropped_segs, 40 * c.dropped_pkts);
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns and of fq's departure times.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
+        0
+    );
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+const MS: i64 = 1_000_000;
+
+#[test]
+fn delay_stamps_the_departure_time() {
+    let mut h = Harness::new(&["proto=udp dport=9000 delay=50ms"]);
+    let (verdict, before, stamp) = h.departure(&udp4(V4_SERVER, 9000));
+    assert_eq!(verdict, PASS);
+    let held = stamp.expect("a departure time") as i64 - before as i64;
+    // The stamp is taken inside the run, a few microseconds after `before`.
+    assert!((50 * MS..51 * MS).contains(&held), "held {held} ns");
+    let (_, _, other) = h.departure(&udp4(V4_SERVER, 9001));
+    assert_eq!(other, None, "other ports are not held");
+    let c = h.counters()[0];
+    assert_eq!((c.matched_pkts, c.delayed_pkts), (1, 1));
+}
+
+/// Samples of the added delay, one run each (reorder=yes: raw draws, no order clamp).
+fn delay_samples(rule: &str, n: usize) -> Vec<f64> {
+    let mut h = Harness::new(&[rule]);
+    (0..n)
+        .map(|_| {
+            let (_, before, stamp) = h.departure(&udp4(V4_SERVER, 9000));
+            stamp.map_or(0.0, |s| (s as i64 - before as i64) as f64 / MS as f64)
+        })
+        .collect()
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    (
+        mean,
+        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt(),
+    )
+}
+
+#[test]
+fn jitter_follows_the_distribution() {
+    const N: usize = 4000;
+    // Uniform on 100 ± 40 ms: σ = 40/√3.
+    let uniform = delay_samples("delay=100ms jitter=40ms reorder=yes", N);
+    let (m, s) = mean_sd(&uniform);
+    let want = 40.0 / 3f64.sqrt();
+    assert!(
+        (m - 100.0).abs() < 1.5 && (s - want).abs() < 0.1 * want,
+        "uniform: mean {m} sd {s}"
+    );
+    assert!(
+        uniform.iter().all(|d| (60.0..=140.1).contains(d)),
+        "uniform stays within ± jitter"
+    );
+    // Normal: σ = jitter.
+    let (m, s) = mean_sd(&delay_samples(
+        "delay=100ms jitter=20ms dist=normal reorder=yes",
+        N,
+    ));
+    assert!(
+        (m - 100.0).abs() < 1.5 && (s - 20.0).abs() < 2.0,
+        "normal: mean {m} sd {s}"
+    );
+    // Pareto: σ = jitter too, with most draws below the mean.
+    let pareto = delay_samples("delay=100ms jitter=20ms dist=pareto reorder=yes", N);
+    let (m, s) = mean_sd(&pareto);
+    let below = pareto.iter().filter(|d| **d < 100.0).count();
+    assert!(
+        (m - 100.0).abs() < 3.0 && (s - 20.0).abs() < 4.0,
+        "pareto: mean {m} sd {s}"
+    );
+    assert!(
+        below > N / 2,
+        "pareto is skewed: {below} of {N} below the mean"
+    );
+}
+
+#[test]
+fn delay_share_and_flow_order() {
+    const N: u32 = 20_000;
+    let mut h = Harness::new(&["delay=10ms delay-p=30% reorder=yes"]);
+    h.run(
+        Direction::Egress,
+        &udp4(V4_SERVER, 9000),
+        Some(&skb_ctx(1)),
+        N,
+    );
+    assert_binomial(
+        "delay-p=30%",
+        h.counters()[0].delayed_pkts,
+        u64::from(N),
+        0.3,
+    );
+
+    // Without reorder=yes a flow's departures never go backwards, whatever the draws.
+    let mut h = Harness::new(&["delay=50ms jitter=40ms delay-p=50%"]);
+    let mut last = 0i64;
+    let mut held_count = 0;
+    for _ in 0..500 {
+        let (_, _, stamp) = h.departure(&udp4(V4_SERVER, 9000));
+        // Unstamped means "leaves at once": some time before the run returned.
+        let departure = stamp.unwrap_or_else(monotonic_ns) as i64;
+        assert!(
+            departure >= last,
+            "departure went back by {} ns",
+            last - departure
+        );
+        last = departure;
+        held_count += usize::from(stamp.is_some());
+    }
+    // Half the packets are delayed; most of the rest are held behind them.
+    assert!(held_count > 250, "only {held_count} of 500 held");
+}
+
+#[test]
+fn rate_paces_and_bounds_its_queue() {
+    // 80 kbit/s = 100 µs a byte: each packet takes ~50 times longer to send than a test run,
+    // so they queue and leave exactly one transmission time apart.
+    let mut h = Harness::new(&["proto=udp rate=80kbit"]);
+    let packet = udp4(V4_SERVER, 9000);
+    let tx_ns = packet.len() as i64 * 100_000;
+    let departures: Vec<i64> = (0..50)
+        .map(|_| h.departure(&packet).2.unwrap_or(0) as i64)
+        .collect();
+    // The first leaves at once (unstamped); the rest queue behind it.
+    for w in departures[1..].windows(2) {
+        let gap = w[1] - w[0];
+        assert!((gap - tx_ns).abs() <= 1, "gap {gap} ns, want {tx_ns}");
+    }
+    // 8 kbit/s: 46 ms a packet. Of a burst of 20, packets 0-10 start within the 500 ms queue
+    // limit (10 x 46 = 460 ms); the rest would wait longer and are dropped.
+    let mut h = Harness::new(&["proto=udp rate=8kbit"]);
+    let verdicts: Vec<u32> = (0..20).map(|_| h.departure(&packet).0).collect();
+    assert_eq!(verdicts, [[PASS; 11].as_slice(), &[DROP; 9]].concat());
+    let c = h.counters()[0];
+    assert_eq!((c.rate_dropped_pkts, c.dropped_pkts), (9, 0));
 }
