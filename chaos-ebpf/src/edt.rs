@@ -136,14 +136,14 @@ fn keep_order(flow: &Flow, at: u64) -> u64 {
         family: flow.family as u8,
         _pad: [0; 2],
     };
-    if let Some(last) = CHAOS_FLOW_DEPARTURE.get_ptr_mut(&key) {
+    if let Some(last) = CHAOS_FLOW_DEPARTURE.get_ptr_mut(key) {
         // SAFETY: a valid map value; the LRU map may evict it, which only forgets an order.
         let last = unsafe { &mut *last };
         let at = at.max(*last);
         *last = at;
         return at;
     }
-    match CHAOS_FLOW_DEPARTURE.insert(&key, &at, 0) {
+    match CHAOS_FLOW_DEPARTURE.insert(key, at, 0) {
         // A failed insert only forgets this flow's order: the packet still leaves at `at`.
         Ok(()) | Err(_) => at,
     }

@@ -1,7 +1,7 @@
 //! Matching a parsed packet against the live rule set, and the drop decision.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
+    bindings::TC_ACT_REDIRECT,
     helpers::bpf_redirect,
     maps::{Array, lpm_trie::Key},
     programs::TcContext,
@@ -20,12 +20,21 @@ use crate::{
     parse::{Flow, parse},
 };
 
+/// "No decision": under TCX the next program runs (TCX_NEXT), under netlink cls_bpf the next
+/// filter. TC_ACT_OK would end the chain and silently bypass everyone else's programs and
+/// filters on the interface while chaos runs.
+const TC_ACT_UNSPEC: i32 = -1;
+
+/// Packets whose headers we need in the linear part of the skb: Ethernet, two VLAN tags, IPv6
+/// with a few extension headers, the ports.
+const HEADERS_MAX: u32 = 128;
+
 /// Decides one packet seen in direction `dir` (`DIR_INGRESS` or `DIR_EGRESS`).
 #[inline(always)]
 pub fn classify(ctx: &TcContext, dir: usize) -> i32 {
     match try_classify(ctx, dir) {
         Some(verdict) => verdict,
-        None => TC_ACT_OK,
+        None => TC_ACT_UNSPEC,
     }
 }
 
@@ -39,6 +48,7 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
     if rules == 0 {
         return None;
     }
+    pull_headers(ctx);
     let flow = parse(ctx)?;
     rules &= *settings.proto_rules.get(flow.proto)?;
     // Ports before prefixes: an array index is cheaper than a trie walk and usually more selective.
@@ -91,6 +101,21 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
     let rule = lowest_bit(rules);
     let action = CHAOS_ACTIONS.get(generation * MAX_RULES + rule)?;
     Some(apply(ctx, &flow, action))
+}
+
+/// Some drivers leave only part of the headers in the linear buffer, where direct packet
+/// access can see them: pull them in when the packet is longer than what is linear.
+#[inline(always)]
+fn pull_headers(ctx: &TcContext) {
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    let len = ctx.len();
+    if linear < HEADERS_MAX && len > linear {
+        // A failed pull leaves the packet as it was; the parser then finds it too short and
+        // lets it pass.
+        match ctx.pull_data(len.min(HEADERS_MAX)) {
+            Ok(()) | Err(_) => {}
+        }
+    }
 }
 
 /// Keeps the `rules` that accept a field. `any` holds the rules that accept every value of it, so
@@ -185,7 +210,7 @@ fn apply(ctx: &TcContext, flow: &Flow, action: &RuleAction) -> i32 {
         }
     }
     if !drop {
-        return TC_ACT_OK;
+        return TC_ACT_UNSPEC;
     }
     // Loss must be silent, as on a wire. TC_ACT_SHOT on egress hands the sending socket an error
     // (ping and TCP just resend at once), and TC_ACT_STOLEN means "next program" under TCX.

@@ -210,10 +210,13 @@ impl Datapath {
     pub fn apply(&mut self, rules: &CompiledRules) -> Result<()> {
         let generation = 1 - self.active;
         if let Some(old) = self.written[generation as usize].take() {
+            // Until the clear succeeds the old entries may still be there: keep them on record.
+            self.written[generation as usize] = Some(old.clone());
             self.clear(generation, &old)?;
         }
-        self.write(generation, rules)?;
+        // Recorded before writing, so a failure half-way is cleared by the next apply.
         self.written[generation as usize] = Some(rules.clone());
+        self.write(generation, rules)?;
         self.maps
             .config
             .set(
@@ -328,7 +331,9 @@ impl Datapath {
                 }
                 TcAttachOptions::Netlink(NlOptions::default())
             }
-            _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
+            // First in the chain: a program before chaos could redirect or drop packets before
+            // the faults apply.
+            _ => TcAttachOptions::TcxOrder(LinkOrder::first()),
         };
         let link = classifier(&mut self.ebpf, program_name(direction))?
             .attach_with_options(iface, attach_type, options)

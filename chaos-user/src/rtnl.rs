@@ -162,6 +162,35 @@ impl Rtnl {
         }
     }
 
+    /// The link type (`ARPHRD_*`) of `ifindex`.
+    pub fn link_type(&mut self, ifindex: u32) -> io::Result<u16> {
+        // struct ifinfomsg: family, pad, type, index, flags, change.
+        let mut ifinfo = [0u8; 16];
+        ifinfo[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+        let seq = self.send_raw(libc::RTM_GETLINK, 0, &ifinfo, &Attrs::default())?;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let got = self.recv(&mut buf)?;
+            if got < NLMSG_HDR + 16 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "short netlink reply",
+                ));
+            }
+            let (len, kind, msg_seq) = header(&buf[..got]);
+            if msg_seq != seq {
+                continue;
+            }
+            if kind == ERROR {
+                error_code(&buf[NLMSG_HDR..len.min(got)])?;
+                continue;
+            }
+            if kind == libc::RTM_NEWLINK {
+                return Ok(u16::from_ne_bytes([buf[NLMSG_HDR + 2], buf[NLMSG_HDR + 3]]));
+            }
+        }
+    }
+
     fn send(
         &mut self,
         msg_type: u16,
@@ -169,8 +198,21 @@ impl Rtnl {
         tc: TcMsg,
         attrs: &Attrs,
     ) -> io::Result<u32> {
+        // SAFETY: TcMsg is plain repr(C) integers with explicit padding fields.
+        let tc = unsafe { std::slice::from_raw_parts((&raw const tc).cast::<u8>(), TCMSG_LEN) };
+        self.send_raw(msg_type, flags, tc, attrs)
+    }
+
+    /// Sends one request: header, the family's fixed header, attributes.
+    fn send_raw(
+        &mut self,
+        msg_type: u16,
+        flags: libc::c_int,
+        family_header: &[u8],
+        attrs: &Attrs,
+    ) -> io::Result<u32> {
         self.seq += 1;
-        let len = NLMSG_HDR + TCMSG_LEN + attrs.0.len();
+        let len = NLMSG_HDR + family_header.len() + attrs.0.len();
         let mut msg = Vec::with_capacity(len);
         msg.extend_from_slice(&(len as u32).to_ne_bytes());
         msg.extend_from_slice(&msg_type.to_ne_bytes());
@@ -179,10 +221,7 @@ impl Rtnl {
         );
         msg.extend_from_slice(&self.seq.to_ne_bytes());
         msg.extend_from_slice(&0u32.to_ne_bytes());
-        // SAFETY: TcMsg is plain repr(C) integers with explicit padding fields.
-        msg.extend_from_slice(unsafe {
-            std::slice::from_raw_parts((&raw const tc).cast::<u8>(), TCMSG_LEN)
-        });
+        msg.extend_from_slice(family_header);
         msg.extend_from_slice(&attrs.0);
         // SAFETY: sending a buffer we own, of its own length.
         let sent = unsafe { libc::send(self.sock.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };

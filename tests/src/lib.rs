@@ -34,6 +34,19 @@ pub const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 
 static LAB_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Environment variable giving the namespace-name prefix (default `chaos`): `cargo xtask test`
+/// sets one per run so it can check that run left nothing behind.
+pub const NETNS_PREFIX_VAR: &str = "CHAOS_NETNS_PREFIX";
+
+/// Serialises the tests that push heavy traffic: on a 2-core machine two of them at once
+/// starve each other's receivers, and loss must come from chaos alone.
+pub fn heavy_traffic() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that panicked while holding the lock poisons it; the next one may still run.
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Runs `ip` with `args`, panicking with its stderr on failure.
 pub fn ip(args: &[&str]) {
     let out = Command::new("ip")
@@ -58,7 +71,8 @@ impl Lab {
     /// Builds the sandbox. `tag` makes names readable in `ip netns list` while a test runs.
     pub fn new(tag: &str) -> Self {
         let n = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let base = format!("chaos-{tag}-{}-{n}", std::process::id());
+        let prefix = std::env::var(NETNS_PREFIX_VAR).unwrap_or_else(|_| "chaos".to_owned());
+        let base = format!("{prefix}-{tag}-{}-{n}", std::process::id());
         let lab = Self {
             a: format!("{base}-a"),
             b: format!("{base}-b"),

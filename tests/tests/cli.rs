@@ -140,8 +140,9 @@ fn netlink_cleanup_keeps_a_clsact_that_was_there() {
 }
 
 /// Runs `chaos run` with `prefix` (e.g. setpriv) and `args`; expects exit 2, one line naming the
-/// problem, and nothing attached.
+/// problem, and nothing attached or changed.
 fn refused(lab: &Lab, prefix: &[&str], args: &[&str], message: &str) {
+    let before = tc_state(&lab.a);
     let exit = if prefix.is_empty() {
         chaos_output(&[&["run"], args].concat())
     } else {
@@ -171,6 +172,11 @@ fn refused(lab: &Lab, prefix: &[&str], args: &[&str], message: &str) {
         tcx_programs(&lab.a),
         [Vec::<String>::new(), Vec::new()],
         "{args:?} attached something"
+    );
+    assert_eq!(
+        tc_state(&lab.a),
+        before,
+        "{args:?} changed qdiscs or filters"
     );
 }
 

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, process::Command, time::Duration};
 
 use netlab::{
     ChaosProcess, IFACE, Lab, OTHER_V4, SERVER_V4, SERVER_V6, UdpCounter, assert_binomial,
-    tcp_bulk, udp_send,
+    heavy_traffic, tcp_bulk, udp_send,
 };
 use serde_json::Value;
 
@@ -24,6 +24,7 @@ fn udp_loss(tag: &str, dst: SocketAddr, rule: &str, on_server: bool, p: f64) {
 }
 
 fn udp_loss_with(tag: &str, dst: SocketAddr, rule: &str, on_server: bool, p: f64, extra: &[&str]) {
+    let _traffic = heavy_traffic();
     let lab = Lab::new(tag);
     let rx = UdpCounter::start(&lab.b, dst);
     let ns = if on_server { &lab.b } else { &lab.a };
@@ -111,6 +112,7 @@ fn udp_ipv4_egress_30_percent_netlink_attachment() {
 
 #[test]
 fn two_rules_each_within_bounds() {
+    let _traffic = heavy_traffic();
     let lab = Lab::new("two");
     let (d1, d2): (SocketAddr, SocketAddr) = ((SERVER_V4, 9001).into(), (SERVER_V4, 9002).into());
     let (rx1, rx2) = (UdpCounter::start(&lab.b, d1), UdpCounter::start(&lab.b, d2));
@@ -140,6 +142,7 @@ fn two_rules_each_within_bounds() {
 
 #[test]
 fn unmatched_traffic_is_untouched() {
+    let _traffic = heavy_traffic();
     let lab = Lab::new("miss");
     let target: SocketAddr = (SERVER_V4, 9000).into();
     let others: [(&str, SocketAddr); 3] = [
@@ -182,6 +185,7 @@ fn unmatched_traffic_is_untouched() {
 /// ping counts its own loss; with TC_ACT_SHOT it would see send errors and resend nothing lost.
 #[test]
 fn ping_sees_the_configured_loss() {
+    let _traffic = heavy_traffic();
     let lab = Lab::new("ping");
     let chaos = ChaosProcess::start(&[
         "--netns",
@@ -210,6 +214,7 @@ fn ping_sees_the_configured_loss() {
         .output()
         .expect("run ping (is iputils-ping installed?)");
     let exit = chaos.stop(libc::SIGINT);
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
     let text = String::from_utf8_lossy(&out.stdout);
     let summary = text
         .lines()
@@ -244,6 +249,7 @@ const MAX_GSO_SEGS: f64 = 46.0;
 
 #[test]
 fn tcp_bulk_transfer_with_one_percent_loss() {
+    let _traffic = heavy_traffic();
     let lab = Lab::new("tcp");
     let p = 0.01;
     let chaos = ChaosProcess::start(&[
@@ -309,5 +315,43 @@ fn tcp_bulk_transfer_with_one_percent_loss() {
         t.retrans_segs <= 2 * lost_segs + 100,
         "RetransSegs {} far above the {lost_segs} segments lost",
         t.retrans_segs
+    );
+}
+
+/// Several chaos instances on one interface, TCX and netlink cls_bpf mixed: each passes what it
+/// does not match on to the next, so all of their rules take effect.
+#[test]
+fn chaos_instances_compose() {
+    let _traffic = heavy_traffic();
+    let lab = Lab::new("stack");
+    let ports = [9101u16, 9102, 9103, 9104];
+    let rxs: Vec<_> = ports
+        .iter()
+        .map(|p| UdpCounter::start(&lab.b, (SERVER_V4, *p).into()))
+        .collect();
+    let base = ["--netns", lab.a.as_str(), "--iface", IFACE];
+    let chaos: Vec<ChaosProcess> = [
+        ("proto=udp dport=9101 drop=100%", "tcx"),
+        ("proto=udp dport=9102 drop=100%", "netlink"),
+        ("proto=udp dport=9103 drop=100%", "tcx"),
+    ]
+    .iter()
+    .map(|(rule, attach)| {
+        ChaosProcess::start(&[&base[..], &["--rule", rule, "--attach", attach]].concat())
+    })
+    .collect();
+    const N: u64 = 1000;
+    for p in ports {
+        assert_eq!(udp_send(&lab.a, (SERVER_V4, p).into(), N, 64), 0);
+    }
+    let received: Vec<u64> = rxs.into_iter().map(|rx| rx.finish().0).collect();
+    for c in chaos {
+        let exit = c.stop(libc::SIGTERM);
+        assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    }
+    assert_eq!(
+        received,
+        vec![0, 0, 0, N],
+        "ports 9101-9103 dropped by their instance, 9104 clean"
     );
 }

@@ -9,7 +9,8 @@ use chaos_user::{
 };
 use netlab::assert_binomial;
 
-const PASS: u32 = 0;
+/// TC_ACT_UNSPEC: no decision, the next program or filter runs.
+const PASS: u32 = u32::MAX;
 /// TC_ACT_REDIRECT: the drop path (redirect to ifindex 0).
 const DROP: u32 = 7;
 
@@ -423,7 +424,8 @@ fn shorter_prefix_rule_matches_inside_a_longer_one() {
 
 #[test]
 fn new_rule_sets_replace_old_ones_whole() {
-    let mut h = Harness::new(&["dport=9000 dst=198.18.0.2/32 drop=1"]);
+    let first = "dport=9000 dst=198.18.0.2/32 drop=1";
+    let mut h = Harness::new(&[first]);
     assert_eq!(h.egress(&udp4(V4_SERVER, 9000)), DROP);
     h.apply(&["dport=9001 drop=1"]);
     assert_eq!(
@@ -432,11 +434,31 @@ fn new_rule_sets_replace_old_ones_whole() {
         "old port entry gone"
     );
     assert_eq!(h.egress(&udp4(V4_SERVER, 9001)), DROP);
-    // Back into the first generation: the stale prefix and port must have been cleared.
-    h.apply(&["dport=9002 drop=1"]);
-    assert_eq!(h.egress(&udp4(V4_SERVER, 9000)), PASS);
-    assert_eq!(h.egress(&udp4(V4_SERVER, 9001)), PASS);
-    assert_eq!(h.egress(&udp4(V4_SERVER, 9002)), DROP);
+}
+
+/// Writes `first`, then a filler set, then `third` into the first set's generation again, and
+/// sends 198.18.0.2:9000, which only a stale entry of `first` would drop.
+fn stale_entry_case(third: &str) {
+    let mut h = Harness::new(&["dport=9000 dst=198.18.0.2/32 drop=1"]);
+    h.apply(&["dport=1 drop=0"]);
+    h.apply(&[third]);
+    assert_eq!(
+        h.egress(&udp4(V4_SERVER, 9000)),
+        PASS,
+        "stale entry under {third:?}"
+    );
+}
+
+#[test]
+fn stale_prefix_entries_are_cleared() {
+    // Port 9000 matches; the trie must miss for 198.18.0.2 (a stale /32 would hit).
+    stale_entry_case("dst=10.0.0.0/8 dport=9000 drop=1");
+}
+
+#[test]
+fn stale_port_entries_are_cleared() {
+    // 198.18.0.2 is inside the /15; port 9000 must not match (a stale entry would).
+    stale_entry_case("dport=9005 dst=198.18.0.0/15 drop=1");
 }
 
 /// `struct __sk_buff` as BPF_PROG_TEST_RUN takes it: 192 bytes, `gso_segs` at offset 164.

@@ -17,12 +17,14 @@ use crate::{exec, require_root, step};
 /// test, `setpriv` for the missing-capability tests.
 const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "util-linux"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const LLVM_FEATURE: &str = "llvm-22";
+/// LLVM majors bpf-linker 0.13 has a feature for.
+const LLVM_MAJORS: std::ops::RangeInclusive<u32> = 21..=23;
 
 /// Runs every step; returns a PATH with the project's bpf-linker in front.
 pub fn run(root: &Path) -> Result<OsString> {
     apt_packages()?;
     nightly_components()?;
+    stable_components()?;
     let linker_dir = bpf_linker(root)?;
     let mut path = OsString::from(linker_dir);
     if let Some(old) = std::env::var_os("PATH") {
@@ -99,6 +101,51 @@ fn nightly_components() -> Result<()> {
     )
 }
 
+/// rustfmt and clippy for the default (stable) toolchain: the lint step runs them.
+fn stable_components() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["component", "list", "--installed"])
+        .output()
+        .context("running rustup")?;
+    let installed = String::from_utf8_lossy(&out.stdout);
+    let missing: Vec<&str> = ["rustfmt", "clippy"]
+        .into_iter()
+        .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!(
+        "adding {} to the default toolchain",
+        missing.join(", ")
+    ));
+    exec(
+        Command::new("rustup")
+            .args(["component", "add"])
+            .args(&missing),
+    )
+}
+
+/// The LLVM major version of the nightly toolchain, which bpf-linker must link against.
+fn nightly_llvm_major() -> Result<u32> {
+    let out = Command::new("rustc").args(["+nightly", "-vV"]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let major = text
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .context("rustc +nightly -vV names no LLVM version")?;
+    if !LLVM_MAJORS.contains(&major) {
+        bail!(
+            "nightly uses LLVM {major}; bpf-linker {BPF_LINKER_VERSION} supports LLVM {}-{}",
+            LLVM_MAJORS.start(),
+            LLVM_MAJORS.end()
+        );
+    }
+    Ok(major)
+}
+
 /// Builds bpf-linker into `.tools/bpf-linker` against the nightly toolchain's own libLLVM, so
 /// the LLVM that compiles the eBPF crate and the one that links it are the same.
 fn bpf_linker(root: &Path) -> Result<PathBuf> {
@@ -111,8 +158,9 @@ fn bpf_linker(root: &Path) -> Result<PathBuf> {
     if linker_works(&bin_dir.join("bpf-linker")) {
         return Ok(bin_dir);
     }
+    let llvm = nightly_llvm_major()?;
     step(&format!(
-        "building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM into {} (about 70 s, once)",
+        "building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {llvm} into {} (about 70 s, once)",
         install_root.display()
     ));
     let started = Instant::now();
@@ -126,10 +174,9 @@ fn bpf_linker(root: &Path) -> Result<PathBuf> {
             .args([
                 "--no-default-features",
                 "--features",
-                LLVM_FEATURE,
-                "--force",
-                "--root",
+                &format!("llvm-{llvm}"),
             ])
+            .args(["--force", "--root"])
             .arg(&install_root)
             .env("LLVM_PREFIX", tools.join("llvm")),
     )?;
@@ -185,8 +232,8 @@ fn linker_works(bin: &Path) -> bool {
     })
 }
 
-/// Namespaces named like the ones netlab makes (`chaos-*`), still present.
-pub fn leftover_namespaces() -> Result<Vec<String>> {
+/// Namespaces whose names start with `prefix`, still present.
+pub fn leftover_namespaces(prefix: &str) -> Result<Vec<String>> {
     let dir = Path::new("/run/netns");
     if !dir.exists() {
         return Ok(Vec::new());
@@ -194,6 +241,6 @@ pub fn leftover_namespaces() -> Result<Vec<String>> {
     Ok(fs::read_dir(dir)?
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.starts_with("chaos-"))
+        .filter(|n| n.starts_with(prefix))
         .collect())
 }

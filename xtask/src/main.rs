@@ -85,6 +85,8 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     let env = build(root)?;
     lint(&env)?;
     step("running tests (unit, BPF_PROG_TEST_RUN verdicts, live traffic in namespaces)");
+    // This run's namespaces only: another run or a demo may be going on beside it.
+    let prefix = format!("chaos-t{}", std::process::id());
     exec(
         Command::new("cargo")
             // The default members: chaos-ebpf only builds for the BPF target, through chaos-user.
@@ -92,9 +94,10 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
             .args(extra)
             .current_dir(root)
             .env("PATH", &env.path)
-            .env("CHAOS_BIN", &env.chaos_bin),
+            .env("CHAOS_BIN", &env.chaos_bin)
+            .env(netlab::NETNS_PREFIX_VAR, &prefix),
     )?;
-    let leftovers = bootstrap::leftover_namespaces()?;
+    let leftovers = bootstrap::leftover_namespaces(&prefix)?;
     if !leftovers.is_empty() {
         bail!(
             "tests left network namespaces behind: {}",

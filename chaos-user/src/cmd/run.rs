@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     InputError, caps,
@@ -15,6 +15,7 @@ use crate::{
     datapath::{AttachMode, Datapath, is_permission_error},
     netns,
     report::{RuleReport, json_lines, table},
+    rtnl::Rtnl,
     rule::{Direction, MAX_HORIZON, Rule},
 };
 
@@ -68,8 +69,8 @@ RULE is space-separated key=value pairs:
 Example:
   chaos run --iface veth0 --rule 'proto=udp dport=9000 dst=198.18.0.2/32 drop=30%' --duration 10s
 
-Loss is silent as on a wire: senders are not told. A TCP super-packet (GSO) is lost whole
-when any of its segments would be, so loss of TCP bulk traffic comes in bursts.
+Loss is silent as on a wire: senders are not told. A TCP super-packet (GSO) is lost whole,
+with probability P, so TCP bulk traffic loses the share P of its segments in bursts.
 Needs CAP_NET_ADMIN and CAP_BPF (and CAP_SYS_ADMIN with --netns). Exit status 2 means bad
 input or an unfit environment; nothing was attached.";
 
@@ -154,14 +155,29 @@ pub fn run(args: RunArgs) -> Result<()> {
         );
         return Err(InputError(format!("interface '{}' not found in {place}", args.iface)).into());
     };
+    check_link_type(&args.iface, ifindex)?;
+
+    // Signal handlers before the kernel is touched: from here on Ctrl-C or SIGTERM is a clean
+    // stop (noticed once set-up is done), never a kill halfway through it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let _runtime = runtime.enter();
+    let mut stop = StopSignals::install()?;
+
     let mut datapath = Datapath::load().map_err(|e| {
+        // The verifier's log can run to thousands of lines: keep it for -vv.
+        tracing::debug!("load failure: {e:?}");
+        let message = e.to_string();
+        let summary = first_line(&message);
         if is_permission_error(&e) {
             InputError(format!(
-                "{e}: missing privilege (needs CAP_BPF and CAP_NET_ADMIN)"
+                "{summary}: missing privilege (needs CAP_BPF and CAP_NET_ADMIN)"
             ))
         } else {
             InputError(format!(
-                "this kernel cannot run chaos's TC program (needs BPF, BTF and clsact/TCX): {e}"
+                "this kernel cannot run chaos's TC program (needs BPF, BTF and clsact/TCX): {summary}"
             ))
         }
     })?;
@@ -176,22 +192,55 @@ pub fn run(args: RunArgs) -> Result<()> {
         // On failure the Datapath drop detaches whatever was attached before.
         datapath
             .attach(&args.iface, ifindex, *direction, args.attach)
-            .map_err(|e| InputError(e.to_string()))?;
+            .map_err(|e| InputError(first_line(&e.to_string()).to_owned()))?;
     }
     announce(&args, &plan.directions);
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let live = args.output == Output::Text && std::io::stdout().is_terminal();
-    let waited = runtime.block_on(wait(&datapath, &plan.rules, args.duration, live));
+    let waited = runtime.block_on(wait(&datapath, &plan.rules, args.duration, live, &mut stop));
     // Detach before reporting, and even if waiting failed: the interface must be left clean.
     let detached = datapath.detach_all().context("detaching");
     let reports = reports(&datapath, &plan.rules)?;
     waited?;
     detached?;
     print_final(&reports, args.output)
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
+
+/// `ARPHRD_ETHER` and `ARPHRD_LOOPBACK`: the link types whose frames start with an Ethernet
+/// header, which is what the program parses.
+const ETHERNET_LINK_TYPES: [u16; 2] = [1, 772];
+
+fn check_link_type(iface: &str, ifindex: u32) -> Result<()> {
+    let link_type = Rtnl::open()
+        .and_then(|mut rtnl| rtnl.link_type(ifindex))
+        .with_context(|| format!("reading the link type of {iface}"))?;
+    if !ETHERNET_LINK_TYPES.contains(&link_type) {
+        return Err(InputError(format!(
+            "{iface} is not an Ethernet interface (link type {link_type}); chaos parses Ethernet frames"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// SIGINT and SIGTERM, caught from set-up on.
+struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl StopSignals {
+    /// Needs a Tokio runtime context.
+    fn install() -> Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+        })
+    }
 }
 
 fn announce(args: &RunArgs, directions: &[Direction]) {
@@ -228,9 +277,8 @@ async fn wait(
     rules: &[Rule],
     duration: Option<Duration>,
     live: bool,
+    stop: &mut StopSignals,
 ) -> Result<()> {
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let deadline = async {
         match duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -242,8 +290,8 @@ async fn wait(
     let mut drawn_lines = 0;
     loop {
         tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = stop.interrupt.recv() => break,
+            _ = stop.terminate.recv() => break,
             () = &mut deadline => break,
             _ = tick.tick(), if live => {
                 let text = table(&reports(datapath, rules)?);
