@@ -32,9 +32,17 @@ pub struct Departure {
     pub overlimit: bool,
 }
 
-/// Computes and stamps the departure time of a packet of `bytes` under `action`.
+/// Computes and stamps the departure time of a packet of `bytes` under `action`, applying only
+/// the faults in `faults` (`ACTION_F_DELAY`, `ACTION_F_RATE`).
 #[inline(always)]
-pub fn schedule(ctx: &TcContext, flow: &Flow, action: &RuleAction, bytes: u64) -> Departure {
+pub fn schedule(
+    ctx: &TcContext,
+    flow: &Flow,
+    action: &RuleAction,
+    bytes: u64,
+    faults: u32,
+) -> Departure {
+    let faults = faults & action.flags;
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     // A local TCP socket may already have paced the packet (its own EDT): start from there.
@@ -45,7 +53,7 @@ pub fn schedule(ctx: &TcContext, flow: &Flow, action: &RuleAction, bytes: u64) -
     } else {
         now
     };
-    if action.flags & ACTION_F_RATE != 0 {
+    if faults & ACTION_F_RATE != 0 {
         match pace(action, at, now, bytes) {
             Some(t) => at = t,
             None => {
@@ -57,7 +65,7 @@ pub fn schedule(ctx: &TcContext, flow: &Flow, action: &RuleAction, bytes: u64) -
             }
         }
     }
-    let delayed = action.flags & ACTION_F_DELAY != 0 && roll(action.delay_prob);
+    let delayed = faults & ACTION_F_DELAY != 0 && roll(action.delay_prob);
     if delayed {
         at += sample_delay(action);
     }

@@ -9,7 +9,7 @@ use chaos_common::{
     GenSettings, RuleAction, RuleCounters, RuntimeConfig,
     rules::{
         DIST_TABLE_SIZE, DIST_TABLES, FlowKey, GENERATIONS, Ipv4LpmData, Ipv6LpmData, MAX_FLOWS,
-        MAX_PREFIXES, MAX_RULES, PORTS, RateState, RuleMask,
+        MAX_PREFIXES, MAX_REVERSE_FLOWS, MAX_RULES, PORTS, RateState, RuleMask,
     },
 };
 
@@ -73,3 +73,9 @@ pub static CHAOS_RATE: Array<RateState> = Array::with_max_entries(MAX_RULES, 0);
 #[map]
 pub static CHAOS_FLOW_DEPARTURE: LruHashMap<FlowKey, u64> =
     LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// Returning flows of local TCP connections that a delay rule matched on egress, keyed as they
+/// arrive, with the index (`generation * MAX_RULES + rule`) of the rule whose delay they carry.
+#[map]
+pub static CHAOS_REVERSE_DELAY: LruHashMap<FlowKey, u32> =
+    LruHashMap::with_max_entries(MAX_REVERSE_FLOWS, 0);

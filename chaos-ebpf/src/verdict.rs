@@ -7,15 +7,19 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use chaos_common::{
-    RuleAction, RuleCounters,
-    rules::{ACTION_F_DELAY, ACTION_F_RATE, FAMILY_V4, LPM_GEN_BITS, MAX_RULES, PORTS, RuleMask},
+    RuleAction, RuleCounters, RuntimeConfig,
+    rules::{
+        ACTION_F_DELAY, ACTION_F_RATE, CONFIG_F_REVERSE_TCP_DELAY, DIR_EGRESS, DIR_INGRESS,
+        FAMILY_V4, FlowKey, LPM_GEN_BITS, MAX_RULES, PORTS, PROTO_TCP, RuleMask,
+    },
 };
 
 use crate::{
     edt::{Departure, roll, schedule},
     maps::{
         CHAOS_ACTIONS, CHAOS_CONFIG, CHAOS_COUNTERS, CHAOS_DPORT_RULES, CHAOS_DST4_RULES,
-        CHAOS_DST6_RULES, CHAOS_SETTINGS, CHAOS_SPORT_RULES, CHAOS_SRC4_RULES, CHAOS_SRC6_RULES,
+        CHAOS_DST6_RULES, CHAOS_REVERSE_DELAY, CHAOS_SETTINGS, CHAOS_SPORT_RULES, CHAOS_SRC4_RULES,
+        CHAOS_SRC6_RULES,
     },
     parse::{Flow, parse},
 };
@@ -40,16 +44,26 @@ pub fn classify(ctx: &TcContext, dir: usize) -> i32 {
 
 #[inline(always)]
 fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
-    let generation = CHAOS_CONFIG.get(0)?.active_gen;
+    let config = CHAOS_CONFIG.get(0)?;
+    let generation = config.active_gen;
     let settings = CHAOS_SETTINGS.get(generation)?;
     // Direction alone rules out every rule on an interface watched one way only: test it before
     // touching the packet.
     let mut rules = *settings.dir_rules.get(dir)?;
-    if rules == 0 {
+    let reverse = dir == DIR_INGRESS && config.flags & CONFIG_F_REVERSE_TCP_DELAY != 0;
+    if rules == 0 && !reverse {
         return None;
     }
     pull_headers(ctx);
     let flow = parse(ctx)?;
+    if reverse && flow.proto == PROTO_TCP {
+        let key = flow_key(&flow, false);
+        if let Some(index) = CHAOS_REVERSE_DELAY.get_ptr(&key) {
+            // SAFETY: a valid map value.
+            let action = CHAOS_ACTIONS.get(unsafe { *index })?;
+            return Some(delay_returning(ctx, &flow, action, config));
+        }
+    }
     rules &= *settings.proto_rules.get(flow.proto)?;
     // Ports before prefixes: an array index is cheaper than a trie walk and usually more selective.
     match flow.ports {
@@ -98,9 +112,9 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
     if rules == 0 {
         return None;
     }
-    let rule = lowest_bit(rules);
-    let action = CHAOS_ACTIONS.get(generation * MAX_RULES + rule)?;
-    Some(apply(ctx, &flow, action))
+    let index = generation * MAX_RULES + lowest_bit(rules);
+    let action = CHAOS_ACTIONS.get(index)?;
+    Some(apply(ctx, &flow, action, index, dir, config))
 }
 
 /// Some drivers leave only part of the headers in the linear buffer, where direct packet
@@ -174,14 +188,33 @@ fn lowest_bit(mut mask: RuleMask) -> u32 {
 /// Applies the rule's faults to a packet and counts it: loss first, then the departure time
 /// (rate, delay, order) for what is kept.
 #[inline(always)]
-fn apply(ctx: &TcContext, flow: &Flow, action: &RuleAction) -> i32 {
+fn apply(
+    ctx: &TcContext,
+    flow: &Flow,
+    action: &RuleAction,
+    index: u32,
+    dir: usize,
+    config: &RuntimeConfig,
+) -> i32 {
     // SAFETY: reading a field of the context the kernel handed us.
     let segs = u64::from(unsafe { (*ctx.skb.skb).gso_segs }.max(1));
     let bytes = u64::from(ctx.len());
     let mut drop = should_drop(action.drop_prob);
     let mut departure = None;
     if !drop && action.flags & (ACTION_F_DELAY | ACTION_F_RATE) != 0 {
-        let d = schedule(ctx, flow, action, bytes);
+        let mut faults = ACTION_F_DELAY | ACTION_F_RATE;
+        if dir == DIR_EGRESS
+            && config.flags & CONFIG_F_REVERSE_TCP_DELAY != 0
+            && action.flags & ACTION_F_DELAY != 0
+            && is_local_tcp(ctx, flow)
+        {
+            // The connection's returning packets carry the delay (CONFIG_F_REVERSE_TCP_DELAY).
+            // Losing this insert (map full) leaves that connection undelayed, never broken.
+            match CHAOS_REVERSE_DELAY.insert(flow_key(flow, true), index, 0) {
+                Ok(()) | Err(_) => faults = ACTION_F_RATE,
+            }
+        }
+        let d = schedule(ctx, flow, action, bytes, faults);
         drop = d.overlimit;
         departure = Some(d);
     }
@@ -209,13 +242,85 @@ fn apply(ctx: &TcContext, flow: &Flow, action: &RuleAction) -> i32 {
             None => {}
         }
     }
-    if !drop {
+    if drop {
+        return silent_drop();
+    }
+    match departure {
+        Some(d) if d.held_ns > 0 && dir == DIR_INGRESS => hold_on_ingress(config),
+        // On egress the fq at the interface's root holds the packet until its stamp.
+        _ => TC_ACT_UNSPEC,
+    }
+}
+
+/// Delays a returning packet of a local TCP connection by the rule's delay (see
+/// `CONFIG_F_REVERSE_TCP_DELAY`). Counted as delayed, not as matched: the rule matched the
+/// connection's outgoing packets.
+#[inline(always)]
+fn delay_returning(
+    ctx: &TcContext,
+    flow: &Flow,
+    action: &RuleAction,
+    config: &RuntimeConfig,
+) -> i32 {
+    let d = schedule(ctx, flow, action, u64::from(ctx.len()), ACTION_F_DELAY);
+    if let Some(counters) = CHAOS_COUNTERS.get_ptr_mut(action.counter_slot) {
+        // SAFETY: a per-CPU slot: no other program run touches it concurrently.
+        let c: &mut RuleCounters = unsafe { &mut *counters };
+        c.delayed_pkts += u64::from(d.delayed);
+    }
+    if d.held_ns > 0 {
+        hold_on_ingress(config)
+    } else {
+        TC_ACT_UNSPEC
+    }
+}
+
+/// EDT works on egress only: a stamped ingress packet goes to chaos's ifb, whose root fq holds
+/// it and then hands it back to the stack (ifb marks it so ingress hooks skip it that time).
+#[inline(always)]
+fn hold_on_ingress(config: &RuntimeConfig) -> i32 {
+    if config.ifb_ifindex == 0 {
         return TC_ACT_UNSPEC;
     }
-    // Loss must be silent, as on a wire. TC_ACT_SHOT on egress hands the sending socket an error
-    // (ping and TCP just resend at once), and TC_ACT_STOLEN means "next program" under TCX.
-    // Redirecting to ifindex 0 finds no device, so the kernel frees the skb and still reports
-    // success to the sender, under TCX and netlink cls_bpf alike.
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(config.ifb_ifindex, 0) };
+    TC_ACT_REDIRECT
+}
+
+/// Whether the packet comes from a socket on this host: only such a sender is held back by
+/// its own packets waiting in fq.
+#[inline(always)]
+fn is_local_tcp(ctx: &TcContext, flow: &Flow) -> bool {
+    // SAFETY: reading a field of the context the kernel handed us.
+    flow.proto == PROTO_TCP && !unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk }.is_null()
+}
+
+/// The flow key of a packet, or (`reversed`) of the packets coming back the other way.
+#[inline(always)]
+fn flow_key(flow: &Flow, reversed: bool) -> FlowKey {
+    let (sport, dport) = flow.ports.unwrap_or((0, 0));
+    let (src, dst, sport, dport) = if reversed {
+        (flow.dst, flow.src, dport, sport)
+    } else {
+        (flow.src, flow.dst, sport, dport)
+    };
+    FlowKey {
+        src,
+        dst,
+        sport,
+        dport,
+        proto: flow.proto as u8,
+        family: flow.family as u8,
+        _pad: [0; 2],
+    }
+}
+
+/// Loss must be silent, as on a wire. TC_ACT_SHOT on egress hands the sending socket an error
+/// (ping and TCP just resend at once), and TC_ACT_STOLEN means "next program" under TCX.
+/// Redirecting to ifindex 0 finds no device, so the kernel frees the skb and still reports
+/// success to the sender, under TCX and netlink cls_bpf alike.
+#[inline(always)]
+fn silent_drop() -> i32 {
     // SAFETY: plain helper call.
     unsafe { bpf_redirect(0, 0) };
     TC_ACT_REDIRECT

@@ -12,7 +12,10 @@ use aya::{
 };
 use chaos_common::{
     GenSettings, RuleAction, RuleCounters, RuntimeConfig,
-    rules::{Ipv4LpmData, Ipv6LpmData, LPM_GEN_BITS, MAX_RULES, PORTS, RuleMask},
+    rules::{
+        CONFIG_F_REVERSE_TCP_DELAY, Ipv4LpmData, Ipv6LpmData, LPM_GEN_BITS, MAX_RULES, PORTS,
+        RuleMask,
+    },
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use thiserror::Error;
@@ -22,7 +25,7 @@ use crate::{
     clsact::{self, AddedClsact},
     compile::CompiledRules,
     dist,
-    qdisc::{self, InstalledFq, QdiscError},
+    qdisc::{self, Ifb, InstalledFq, QdiscError},
     rule::Direction,
 };
 
@@ -89,7 +92,7 @@ pub enum DatapathError {
     },
     #[error(transparent)]
     Qdisc(#[from] QdiscError),
-    #[error("restoring the root qdisc of {iface}: {source}")]
+    #[error("restoring {iface}: {source}")]
     QdiscRestore {
         iface: String,
         #[source]
@@ -143,13 +146,16 @@ pub struct Datapath {
     // Maps before the object: fields drop in order, and the object owns the programs and links.
     maps: Maps,
     ebpf: Ebpf,
-    active: u32,
+    /// What the kernel's single config entry holds; written whole on every change.
+    config: RuntimeConfig,
     written: [Option<CompiledRules>; 2],
     attachments: Vec<Attachment>,
     /// clsact qdiscs chaos added for netlink attachments; removed after the programs detach.
     added_qdiscs: Vec<AddedClsact>,
     /// fq root qdiscs chaos installed for delay and rate; removed after the programs detach.
     installed_fq: Vec<InstalledFq>,
+    /// ifb devices chaos created for ingress holds; deleted after the programs detach.
+    ifbs: Vec<Ifb>,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(
@@ -197,18 +203,19 @@ impl Datapath {
         Ok(Self {
             maps,
             ebpf,
-            active: 0,
+            config: RuntimeConfig::default(),
             written: [None, None],
             attachments: Vec::new(),
             added_qdiscs: Vec::new(),
             installed_fq: Vec::new(),
+            ifbs: Vec::new(),
         })
     }
 
     /// Makes `rules` the live rule set: writes the idle generation whole, then flips the
     /// active-generation slot, so a packet sees either the old set or the new one.
     pub fn apply(&mut self, rules: &CompiledRules) -> Result<()> {
-        let generation = 1 - self.active;
+        let generation = 1 - self.config.active_gen;
         if let Some(old) = self.written[generation as usize].take() {
             // Until the clear succeeds the old entries may still be there: keep them on record.
             self.written[generation as usize] = Some(old.clone());
@@ -217,19 +224,47 @@ impl Datapath {
         // Recorded before writing, so a failure half-way is cleared by the next apply.
         self.written[generation as usize] = Some(rules.clone());
         self.write(generation, rules)?;
+        self.write_config(RuntimeConfig {
+            active_gen: generation,
+            ..self.config
+        })?;
+        debug!(generation, "rule set live");
+        Ok(())
+    }
+
+    fn write_config(&mut self, config: RuntimeConfig) -> Result<()> {
         self.maps
             .config
-            .set(
-                0,
-                RuntimeConfig {
-                    active_gen: generation,
-                    _pad: 0,
-                },
-                0,
-            )
+            .set(0, config, 0)
             .map_err(map_err("CHAOS_CONFIG"))?;
-        self.active = generation;
-        debug!(generation, "rule set live");
+        self.config = config;
+        Ok(())
+    }
+
+    /// Delays locally sent TCP through its returning packets (`CONFIG_F_REVERSE_TCP_DELAY`);
+    /// needs the ingress program attached and an ifb.
+    pub fn enable_reverse_tcp_delay(&mut self) -> Result<()> {
+        self.write_config(RuntimeConfig {
+            flags: self.config.flags | CONFIG_F_REVERSE_TCP_DELAY,
+            ..self.config
+        })
+    }
+
+    /// Creates chaos's ifb for `iface`, with fq at its root, for packets held on ingress;
+    /// deleted by [`Datapath::detach_all`].
+    pub fn create_ifb(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        horizon: std::time::Duration,
+    ) -> Result<()> {
+        let ifb = qdisc::create_ifb(ifindex, horizon)?;
+        info!(iface, ifb = ifb.name, "created ifb for ingress holds");
+        self.write_config(RuntimeConfig {
+            ifb_ifindex: ifb.ifindex,
+            ..self.config
+        })?;
+        self.ifbs.push(ifb);
         Ok(())
     }
 
@@ -372,6 +407,18 @@ impl Datapath {
                 Ok(()) => info!(iface, direction = direction.as_str(), "detached"),
                 Err(e) => {
                     first_error.get_or_insert(e);
+                }
+            }
+        }
+        for ifb in self.ifbs.drain(..) {
+            let name = ifb.name.clone();
+            match ifb.delete() {
+                Ok(()) => info!(ifb = name, "deleted ifb"),
+                Err(source) => {
+                    first_error.get_or_insert(DatapathError::QdiscRestore {
+                        iface: name,
+                        source,
+                    });
                 }
             }
         }

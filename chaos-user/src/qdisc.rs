@@ -35,6 +35,10 @@ pub enum QdiscError {
         kind: String,
         handle: u32,
     },
+    #[error(
+        "this kernel has no ifb device (CONFIG_IFB), which ingress delay=/rate= and delay= on local TCP need"
+    )]
+    NoIfb,
     #[error("installing fq on {iface}: {source}")]
     Io {
         iface: String,
@@ -98,5 +102,43 @@ impl InstalledFq {
     /// Deletes chaos's fq; the kernel attaches the interface's default root qdisc again.
     pub fn restore(self) -> io::Result<()> {
         Rtnl::open()?.delete_qdisc(self.ifindex, TC_H_ROOT, CHAOS_FQ_HANDLE)
+    }
+}
+
+/// chaos's ifb for one interface: packets held on ingress wait in its root fq.
+#[derive(Debug)]
+pub struct Ifb {
+    pub name: String,
+    pub ifindex: u32,
+}
+
+/// Creates `chaos-ifb<ifindex>` (up) with fq at its root.
+pub fn create_ifb(for_ifindex: u32, horizon: Duration) -> Result<Ifb, QdiscError> {
+    let name = format!("chaos-ifb{for_ifindex}");
+    let io_err = |source| QdiscError::Io {
+        iface: name.clone(),
+        source,
+    };
+    let ifindex = match Rtnl::open().and_then(|mut r| r.create_ifb(&name)) {
+        Ok(index) => index,
+        // The kernel's "Unknown device type".
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Err(QdiscError::NoIfb),
+        Err(e) => return Err(io_err(e)),
+    };
+    let ifb = Ifb { name, ifindex };
+    if let Err(e) = install_fq(&ifb.name, ifindex, horizon) {
+        // Do not leave a half-made device behind; the fq error is the one to report.
+        if let Err(del) = ifb.delete() {
+            tracing::warn!("deleting the ifb after a failed fq: {del}");
+        }
+        return Err(e);
+    }
+    Ok(ifb)
+}
+
+impl Ifb {
+    /// Deletes the device and, with it, its qdisc.
+    pub fn delete(self) -> io::Result<()> {
+        Rtnl::open()?.delete_link(self.ifindex)
     }
 }

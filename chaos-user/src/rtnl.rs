@@ -162,6 +162,42 @@ impl Rtnl {
         }
     }
 
+    /// Creates an `ifb` device called `name`, up, and returns its index.
+    pub fn create_ifb(&mut self, name: &str) -> io::Result<u32> {
+        const IFLA_IFNAME: u16 = 3;
+        const IFLA_LINKINFO: u16 = 18;
+        const IFLA_INFO_KIND: u16 = 1;
+        let mut ifname = name.as_bytes().to_vec();
+        ifname.push(0);
+        let mut info = Attrs::default();
+        info.bytes(IFLA_INFO_KIND, b"ifb\0");
+        let mut attrs = Attrs::default();
+        attrs
+            .bytes(IFLA_IFNAME, &ifname)
+            .nested(IFLA_LINKINFO, &info);
+        // struct ifinfomsg with IFF_UP set and changed.
+        let mut ifinfo = [0u8; 16];
+        ifinfo[8..12].copy_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
+        ifinfo[12..16].copy_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
+        let flags = libc::NLM_F_CREATE | libc::NLM_F_EXCL;
+        let seq = self.send_raw(libc::RTM_NEWLINK, flags, &ifinfo, &attrs)?;
+        self.wait_ack(seq)?;
+        let c = std::ffi::CString::new(name).map_err(io::Error::other)?;
+        // SAFETY: a valid NUL-terminated string.
+        match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+            0 => Err(io::Error::last_os_error()),
+            index => Ok(index),
+        }
+    }
+
+    /// Deletes the link `ifindex`.
+    pub fn delete_link(&mut self, ifindex: u32) -> io::Result<()> {
+        let mut ifinfo = [0u8; 16];
+        ifinfo[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+        let seq = self.send_raw(libc::RTM_DELLINK, 0, &ifinfo, &Attrs::default())?;
+        self.wait_ack(seq)
+    }
+
     /// The link type (`ARPHRD_*`) of `ifindex`.
     pub fn link_type(&mut self, ifindex: u32) -> io::Result<u16> {
         // struct ifinfomsg: family, pad, type, index, flags, change.
@@ -250,6 +286,11 @@ impl Rtnl {
         attrs: &Attrs,
     ) -> io::Result<()> {
         let seq = self.send(msg_type, flags, tc, attrs)?;
+        self.wait_ack(seq)
+    }
+
+    /// Waits for the acknowledgement of request `seq`.
+    fn wait_ack(&mut self, seq: u32) -> io::Result<()> {
         let mut buf = [0u8; 4096];
         loop {
             let got = self.recv(&mut buf)?;

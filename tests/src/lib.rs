@@ -178,10 +178,40 @@ pub fn udp_receive_errors() -> u64 {
     snmp("Udp", "InErrors") + snmp("Udp", "RcvbufErrors")
 }
 
-/// Counts distinct datagrams (by sequence number) arriving on a socket.
+/// CLOCK_MONOTONIC in ns: the clock of datagram send stamps, shared by every namespace of a
+/// kernel, and of fq's departure times.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// One datagram as received: its sequence number and one-way latency.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    pub seq: u64,
+    pub latency: Duration,
+}
+
+/// What a [`UdpCounter`] saw.
+#[derive(Debug)]
+pub struct Received {
+    /// In arrival order, duplicates included.
+    pub arrivals: Vec<Arrival>,
+    /// Distinct sequence numbers.
+    pub distinct: u64,
+    /// Kernel UDP receive errors in the namespace meanwhile (must be 0).
+    pub errors: u64,
+}
+
+/// Counts distinct datagrams (by sequence number) arriving on a socket, and records when.
 pub struct UdpCounter {
     stop: Arc<AtomicBool>,
-    handle: thread::JoinHandle<(u64, u64)>,
+    handle: thread::JoinHandle<Received>,
 }
 
 impl UdpCounter {
@@ -198,11 +228,19 @@ impl UdpCounter {
             let errors_before = udp_receive_errors();
             tx.send(()).unwrap();
             let mut seen = std::collections::HashSet::new();
+            let mut arrivals = Vec::new();
             let mut buf = [0u8; 2048];
             loop {
                 match sock.recv(&mut buf) {
-                    Ok(n) if n >= 8 => {
-                        seen.insert(u64::from_be_bytes(buf[..8].try_into().unwrap()));
+                    Ok(n) if n >= 16 => {
+                        let now = monotonic_ns();
+                        let seq = u64::from_be_bytes(buf[..8].try_into().unwrap());
+                        let sent = u64::from_be_bytes(buf[8..16].try_into().unwrap());
+                        seen.insert(seq);
+                        arrivals.push(Arrival {
+                            seq,
+                            latency: Duration::from_nanos(now.saturating_sub(sent)),
+                        });
                     }
                     Ok(_) => {}
                     Err(e)
@@ -218,18 +256,27 @@ impl UdpCounter {
                     Err(e) => panic!("recv: {e}"),
                 }
             }
-            (seen.len() as u64, udp_receive_errors() - errors_before)
+            Received {
+                arrivals,
+                distinct: seen.len() as u64,
+                errors: udp_receive_errors() - errors_before,
+            }
         });
         rx.recv_timeout(Duration::from_secs(10))
             .expect("receiver did not start");
         Self { stop, handle }
     }
 
-    /// Waits until the socket has been quiet for a moment, then returns
+    /// Waits until in-flight datagrams have landed, then returns
     /// (distinct datagrams received, kernel UDP receive errors in the namespace meanwhile).
     pub fn finish(self) -> (u64, u64) {
-        // In-flight datagrams on a veth arrive within microseconds; 200 ms is ample.
-        thread::sleep(Duration::from_millis(200));
+        let r = self.finish_after(Duration::from_millis(200));
+        (r.distinct, r.errors)
+    }
+
+    /// Waits `linger` for datagrams still held (e.g. by a delay), then returns everything seen.
+    pub fn finish_after(self, linger: Duration) -> Received {
+        thread::sleep(linger);
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().expect("receiver panicked")
     }
@@ -251,25 +298,47 @@ fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
     assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", io::Error::last_os_error());
 }
 
-/// Sends `count` datagrams (8-byte sequence number + padding) from namespace `ns` to `dst`,
-/// paced in bursts so the receiver keeps up. Returns the number of send errors, which must be
-/// zero: injected loss is silent.
+/// Sends `count` datagrams (8-byte sequence number, 8-byte send time, padding) from namespace
+/// `ns` to `dst`, paced in bursts so the receiver keeps up. Returns the number of send errors,
+/// which must be zero: injected loss is silent.
 pub fn udp_send(ns: &str, dst: SocketAddr, count: u64, payload: usize) -> u64 {
+    udp_send_to(ns, &[dst], count, payload, None)
+}
+
+/// Like [`udp_send`], to each of `dsts` in turn, one round every `interval` when given.
+pub fn udp_send_to(
+    ns: &str,
+    dsts: &[SocketAddr],
+    count: u64,
+    payload: usize,
+    interval: Option<Duration>,
+) -> u64 {
+    let dsts = dsts.to_vec();
     in_netns(ns, move || {
+        let dst = dsts[0];
         let bind: SocketAddr = match dst.ip() {
             IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
             IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
         };
         let sock = UdpSocket::bind(bind).unwrap();
-        let mut buf = vec![0u8; payload.max(8)];
+        let mut buf = vec![0u8; payload.max(16)];
         let mut errors = 0;
+        let start = Instant::now();
         for seq in 0..count {
             buf[..8].copy_from_slice(&seq.to_be_bytes());
-            if sock.send_to(&buf, dst).is_err() {
-                errors += 1;
+            for dst in &dsts {
+                buf[8..16].copy_from_slice(&monotonic_ns().to_be_bytes());
+                if sock.send_to(&buf, dst).is_err() {
+                    errors += 1;
+                }
             }
-            if seq % 200 == 199 {
-                thread::sleep(Duration::from_micros(500));
+            match interval {
+                Some(every) => {
+                    let next = start + every * (seq as u32 + 1);
+                    thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+                None if seq % 200 == 199 => thread::sleep(Duration::from_micros(500)),
+                None => {}
             }
         }
         errors
@@ -517,5 +586,76 @@ pub fn chaos_output(args: &[&str]) -> ChaosExit {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Running tests on a second kernel: Debian's 6.12 (which has sch_fq, sch_netem, ifb) under
+/// qemu, booted from the host's own root filesystem by `vm/run-in-vm.sh`.
+pub mod vm {
+    use std::{path::PathBuf, process::Command};
+
+    /// Set inside the VM, so a test knows where it runs.
+    pub const IN_VM_VAR: &str = "CHAOS_IN_VM";
+
+    /// The project's VM script.
+    pub fn script() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("vm/run-in-vm.sh")
+    }
+
+    /// Where the script caches the kernel and initramfs: under the workspace's target/.
+    pub fn cache_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/vm")
+    }
+
+    /// Boots the VM once and runs, inside it, this test binary's ignored tests whose names start
+    /// with `prefix`, one at a time. Panics unless they all pass.
+    pub fn run_ignored_tests_here(prefix: &str) {
+        assert!(
+            std::env::var_os(IN_VM_VAR).is_none(),
+            "already inside the VM: run the {prefix}* tests with --ignored"
+        );
+        let exe = std::env::current_exe().expect("test binary path");
+        let mut env = format!(
+            "{IN_VM_VAR}=1 CHAOS_BIN={}",
+            shell_quote(&super::chaos_bin())
+        );
+        if let Ok(p) = std::env::var(super::NETNS_PREFIX_VAR) {
+            env.push_str(&format!(" {}={p}", super::NETNS_PREFIX_VAR));
+        }
+        let command = format!(
+            "{env} {} --ignored --exact --test-threads=1 --nocapture {}",
+            shell_quote(&exe),
+            ignored_tests(&exe, prefix).join(" ")
+        );
+        let status = Command::new("bash")
+            .arg(script())
+            .arg(&command)
+            .env("VM_CACHE", cache_dir())
+            .status()
+            .expect("run vm/run-in-vm.sh");
+        assert!(
+            status.success(),
+            "tests in the VM failed ({status}); their output is above"
+        );
+    }
+
+    /// Names of this binary's ignored tests starting with `prefix`.
+    fn ignored_tests(exe: &std::path::Path, prefix: &str) -> Vec<String> {
+        let out = Command::new(exe)
+            .args(["--list", "--ignored", "--format", "terse"])
+            .output()
+            .expect("list tests");
+        let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_suffix(": test"))
+            .filter(|n| n.starts_with(prefix))
+            .map(str::to_owned)
+            .collect();
+        assert!(!names.is_empty(), "no ignored tests starting with {prefix}");
+        names
+    }
+
+    fn shell_quote(path: &std::path::Path) -> String {
+        format!("'{}'", path.display().to_string().replace('\'', "'\\''"))
     }
 }

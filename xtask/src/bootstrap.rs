@@ -26,6 +26,7 @@ pub fn run(root: &Path) -> Result<OsString> {
     nightly_components()?;
     stable_components()?;
     let linker_dir = bpf_linker(root)?;
+    vm_kernel(root)?;
     let mut path = OsString::from(linker_dir);
     if let Some(old) = std::env::var_os("PATH") {
         path.push(":");
@@ -230,6 +231,26 @@ fn linker_works(bin: &Path) -> bool {
     Command::new(bin).arg("--version").output().is_ok_and(|o| {
         o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
     })
+}
+
+/// The second kernel the delay tests boot (Debian's 6.12, with sch_fq and sch_netem), qemu and
+/// the initramfs: tests/vm/run-in-vm.sh --prepare caches them under target/vm, once.
+fn vm_kernel(root: &Path) -> Result<()> {
+    let cache = root.join("target/vm");
+    if cache.join("ready").exists() {
+        return Ok(());
+    }
+    require_root("installing qemu and the test kernel")?;
+    step(&format!(
+        "preparing the 6.12 test kernel and qemu in {} (apt-get and a ~110 MB download, about a minute, once)",
+        cache.display()
+    ));
+    exec(
+        Command::new("bash")
+            .arg(root.join("tests/vm/run-in-vm.sh"))
+            .arg("--prepare")
+            .env("VM_CACHE", &cache),
+    )
 }
 
 /// Namespaces whose names start with `prefix`, still present.

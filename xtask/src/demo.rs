@@ -4,14 +4,14 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    net::{SocketAddr, UdpSocket},
+    net::SocketAddr,
     process::{Command, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
-use netlab::{IFACE, Lab, READY, SERVER_V4, UdpCounter, in_netns};
+use netlab::{IFACE, Lab, READY, SERVER_V4, UdpCounter, udp_send_to};
 
 use crate::{BuildEnv, require_root, step};
 
@@ -69,7 +69,12 @@ pub fn run(env: &BuildEnv) -> Result<()> {
         "client sends {RATE_PER_PORT}/s to each of :{LOSSY_PORT} (rule) and :{CLEAN_PORT} (no rule) for {}s",
         SEND_FOR.as_secs()
     ));
-    let sent = in_netns(&lab.a, move || paced_send(&[lossy, clean]));
+    let sent = RATE_PER_PORT * SEND_FOR.as_secs();
+    let interval = Duration::from_secs(1) / RATE_PER_PORT as u32;
+    let errors = udp_send_to(&lab.a, &[lossy, clean], sent, 32, Some(interval));
+    if errors > 0 {
+        eprintln!("client: {errors} send errors");
+    }
     let status = chaos.wait().context("waiting for chaos")?;
     forward.join().ok();
     let [lossy_rx, clean_rx] = servers;
@@ -93,22 +98,4 @@ pub fn run(env: &BuildEnv) -> Result<()> {
     step("removing the sandbox");
     drop(lab);
     Ok(())
-}
-
-/// Sends to every address in turn at RATE_PER_PORT for SEND_FOR; returns datagrams per address.
-fn paced_send(dsts: &[SocketAddr]) -> u64 {
-    let sock = UdpSocket::bind("0.0.0.0:0").expect("bind client socket");
-    let interval = Duration::from_secs(1) / RATE_PER_PORT as u32;
-    let start = Instant::now();
-    let total = RATE_PER_PORT * SEND_FOR.as_secs();
-    for seq in 0..total {
-        for dst in dsts {
-            if let Err(e) = sock.send_to(&seq.to_be_bytes(), dst) {
-                eprintln!("client: send to {dst}: {e}");
-            }
-        }
-        let next = start + interval * (seq as u32 + 1);
-        thread::sleep(next.saturating_duration_since(Instant::now()));
-    }
-    total
 }

@@ -16,7 +16,7 @@ use crate::{
     netns,
     report::{RuleReport, json_lines, table},
     rtnl::Rtnl,
-    rule::{Direction, MAX_HORIZON, Rule},
+    rule::{Direction, MAX_HORIZON, Protocol, Rule},
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -88,8 +88,14 @@ struct Plan {
     rules: Vec<Rule>,
     compiled: CompiledRules,
     directions: Vec<Direction>,
-    /// fq's horizon when egress rules set departure times.
+    /// fq's horizon when rules set departure times.
     fq_horizon: Option<Duration>,
+    /// Egress rules hold packets: fq at the interface's root.
+    egress_fq: bool,
+    /// Ingress rules hold packets, or local TCP's delay moves to the returning packets: an ifb.
+    ifb: bool,
+    /// Egress delay rules that TCP can match: delay local TCP on its returning packets.
+    reverse_tcp_delay: bool,
 }
 
 /// Slack on top of the longest hold a rule can cause, so fq never caps a departure time.
@@ -111,13 +117,18 @@ fn plan(args: &RunArgs) -> Result<Plan, InputError> {
             directions.push(rule.direction);
         }
     }
-    if let Some(rule) = rules
+    let egress_fq = rules
         .iter()
-        .find(|r| r.needs_fq() && r.direction == Direction::Ingress)
-    {
-        return Err(InputError(format!(
-            "--rule '{rule}': delay= and rate= work on egress only for now"
-        )));
+        .any(|r| r.needs_fq() && r.direction == Direction::Egress);
+    let reverse_tcp_delay = rules.iter().any(|r| {
+        r.delay.is_some() && r.direction == Direction::Egress && r.protocol != Protocol::Udp
+    });
+    let ingress_fq = rules
+        .iter()
+        .any(|r| r.needs_fq() && r.direction == Direction::Ingress);
+    let ifb = ingress_fq || reverse_tcp_delay;
+    if reverse_tcp_delay && !directions.contains(&Direction::Ingress) {
+        directions.push(Direction::Ingress);
     }
     let fq_horizon = rules
         .iter()
@@ -130,6 +141,9 @@ fn plan(args: &RunArgs) -> Result<Plan, InputError> {
         compiled,
         directions,
         fq_horizon,
+        egress_fq,
+        ifb,
+        reverse_tcp_delay,
     })
 }
 
@@ -181,11 +195,25 @@ pub fn run(args: RunArgs) -> Result<()> {
             ))
         }
     })?;
+    // Qdiscs and devices before anything is attached: a kernel without fq or ifb must leave the
+    // interface untouched.
     if let Some(horizon) = plan.fq_horizon {
-        // Before anything is attached: a kernel without fq must leave the interface untouched.
+        if plan.egress_fq {
+            datapath
+                .install_fq(&args.iface, ifindex, horizon)
+                .map_err(|e| InputError(e.to_string()))?;
+        }
+        if plan.ifb {
+            check_ingress_hold_kernel()?;
+            datapath
+                .create_ifb(&args.iface, ifindex, horizon)
+                .map_err(|e| InputError(e.to_string()))?;
+        }
+    }
+    if plan.reverse_tcp_delay {
         datapath
-            .install_fq(&args.iface, ifindex, horizon)
-            .map_err(|e| InputError(e.to_string()))?;
+            .enable_reverse_tcp_delay()
+            .context("writing config")?;
     }
     datapath.apply(&plan.compiled).context("writing rules")?;
     for direction in &plan.directions {
@@ -204,6 +232,26 @@ pub fn run(args: RunArgs) -> Result<()> {
     waited?;
     detached?;
     print_final(&reports, args.output)
+}
+
+/// Holding ingress packets in an ifb's fq needs the mono delivery timestamp to survive the
+/// redirect, which kernels before 6.4 do not keep: they drop the packets in the ifb instead.
+fn check_ingress_hold_kernel() -> Result<()> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .context("reading the kernel version")?;
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < (6, 4) {
+        return Err(InputError(format!(
+            "ingress delay=/rate= and delay= on local TCP need Linux 6.4 or newer (this is {})",
+            release.trim()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 fn first_line(text: &str) -> &str {

@@ -1,0 +1,395 @@
+//! Delay, jitter and rate on a kernel that has sch_fq and sch_netem: Debian's 6.12 under qemu.
+//!
+//! `on_the_fq_kernel` (a normal host test) boots that kernel once and runs this binary's `vm_*`
+//! tests inside it; they are `#[ignore]`d on the host, whose kernel has no fq. Timings carry a
+//! tolerance for emulation (TCG): 45-60 ms for 50 ms.
+
+use std::{
+    net::SocketAddr,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use netlab::{
+    Arrival, ChaosProcess, IFACE, Lab, SERVER_V4, UdpCounter, assert_binomial, tcp_bulk,
+    udp_send_to, vm,
+};
+
+#[test]
+fn on_the_fq_kernel() {
+    vm::run_ignored_tests_here("vm_");
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn latencies(arrivals: &[Arrival]) -> Vec<f64> {
+    arrivals.iter().map(|a| ms(a.latency)).collect()
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    (
+        mean,
+        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt(),
+    )
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[((s.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Every datagram held at least 45 ms, and 99 % of them at most 60 ms: emulation (TCG) adds
+/// the odd scheduling hiccup on top, never takes time away.
+fn assert_delayed_50ms(latencies: &[f64]) {
+    for (i, d) in latencies.iter().enumerate() {
+        assert!(
+            *d >= 45.0,
+            "datagram {i} took {d:.1} ms, less than 50 ms - 5"
+        );
+    }
+    let within = latencies.iter().filter(|d| **d <= 60.0).count();
+    assert!(
+        within * 100 >= latencies.len() * 99,
+        "only {within} of {} datagrams took 45-60 ms",
+        latencies.len()
+    );
+}
+
+/// Root qdisc line of IFACE in `ns`, e.g. "qdisc noqueue 0: root refcnt 2".
+fn root_qdisc(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "tc", "qdisc", "show", "dev", IFACE, "root",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Sends `count` rounds, one every `interval`, to each of `ports` on the server while chaos runs
+/// `rules` on the client; returns what each port's receiver saw.
+fn udp_through(
+    tag: &str,
+    rules: &[&str],
+    ports: &[u16],
+    count: u64,
+    interval: Duration,
+) -> Vec<netlab::Received> {
+    udp_through_on(tag, rules, ports, count, interval, false)
+}
+
+/// Names of the links in `ns`.
+fn links(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-o", "link", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// [`udp_through`] with chaos on the server's side (`on_server`) or the client's.
+fn udp_through_on(
+    tag: &str,
+    rules: &[&str],
+    ports: &[u16],
+    count: u64,
+    interval: Duration,
+    on_server: bool,
+) -> Vec<netlab::Received> {
+    let lab = Lab::new(tag);
+    let chaos_ns = if on_server {
+        lab.b.clone()
+    } else {
+        lab.a.clone()
+    };
+    let before = root_qdisc(&chaos_ns);
+    let dsts: Vec<SocketAddr> = ports.iter().map(|p| (SERVER_V4, *p).into()).collect();
+    let rxs: Vec<_> = dsts.iter().map(|d| UdpCounter::start(&lab.b, *d)).collect();
+    let mut args = vec![
+        "--netns",
+        chaos_ns.as_str(),
+        "--iface",
+        IFACE,
+        "--output",
+        "json",
+    ];
+    for r in rules {
+        args.extend(["--rule", r]);
+    }
+    let chaos = ChaosProcess::start(&args);
+    if on_server {
+        assert!(
+            links(&chaos_ns).contains("chaos-ifb"),
+            "ifb made: {}",
+            links(&chaos_ns)
+        );
+    } else {
+        let root = root_qdisc(&chaos_ns);
+        assert!(root.contains("fq ca05:"), "fq installed: {root}");
+    }
+    assert_eq!(udp_send_to(&lab.a, &dsts, count, 64, Some(interval)), 0);
+    let received: Vec<_> = rxs
+        .into_iter()
+        .map(|rx| rx.finish_after(Duration::from_millis(500)))
+        .collect();
+    let exit = chaos.stop(libc::SIGINT);
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    assert_eq!(root_qdisc(&chaos_ns), before, "root qdisc as found");
+    assert!(
+        !links(&chaos_ns).contains("chaos-ifb"),
+        "no ifb of ours left"
+    );
+    for r in &received {
+        assert_eq!(
+            (r.distinct, r.errors),
+            (count, 0),
+            "every datagram arrives, once"
+        );
+    }
+    received
+}
+
+#[test]
+#[ignore = "needs sch_fq: runs inside the 6.12 VM through on_the_fq_kernel"]
+fn vm_udp_delay_50ms_on_one_port() {
+    let r = udp_through(
+        "d50",
+        &["proto=udp dport=9000 delay=50ms"],
+        &[9000, 9001],
+        300,
+        Duration::from_millis(5),
+    );
+    let (delayed, clean) = (latencies(&r[0].arrivals), latencies(&r[1].arrivals));
+    eprintln!(
+        "delay=50ms: matched p0 {:.1} p50 {:.1} p100 {:.1} ms; other port p50 {:.2} p99 {:.2} ms",
+        percentile(&delayed, 0.0),
+        percentile(&delayed, 0.5),
+        percentile(&delayed, 1.0),
+        percentile(&clean, 0.5),
+        percentile(&clean, 0.99)
+    );
+    assert_delayed_50ms(&delayed);
+    assert!(
+        percentile(&clean, 0.5) < 5.0,
+        "nothing added on other ports"
+    );
+    assert!(
+        percentile(&clean, 0.99) < 20.0,
+        "nothing added on other ports"
+    );
+}
+
+#[test]
+#[ignore = "needs sch_fq: runs inside the 6.12 VM through on_the_fq_kernel"]
+fn vm_ingress_delay_through_ifb() {
+    let r = udp_through_on(
+        "din",
+        &["dir=ingress proto=udp dport=9000 delay=50ms"],
+        &[9000, 9001],
+        300,
+        Duration::from_millis(5),
+        true,
+    );
+    let (delayed, clean) = (latencies(&r[0].arrivals), latencies(&r[1].arrivals));
+    eprintln!(
+        "ingress delay=50ms: matched p0 {:.1} p50 {:.1} p100 {:.1} ms; other port p50 {:.2} ms",
+        percentile(&delayed, 0.0),
+        percentile(&delayed, 0.5),
+        percentile(&delayed, 1.0),
+        percentile(&clean, 0.5)
+    );
+    assert_delayed_50ms(&delayed);
+    assert!(
+        percentile(&clean, 0.5) < 5.0,
+        "nothing added on other ports"
+    );
+}
+
+#[test]
+#[ignore = "needs sch_fq: runs inside the 6.12 VM through on_the_fq_kernel"]
+fn vm_udp_delay_share() {
+    const N: u64 = 1000;
+    let r = udp_through(
+        "dp30",
+        &["proto=udp dport=9000 delay=50ms delay-p=30% reorder=yes"],
+        &[9000],
+        N,
+        Duration::from_millis(2),
+    );
+    let delayed = latencies(&r[0].arrivals)
+        .iter()
+        .filter(|l| **l > 25.0)
+        .count() as u64;
+    assert_binomial("datagrams delayed at delay-p=30%", delayed, N, 0.3);
+}
+
+/// Standard deviation of the added delay: the matched port's spread, less the path's own
+/// (measured on a clean port at the same time), in quadrature.
+fn added_spread(rule: &str) -> (f64, f64) {
+    let r = udp_through(
+        "jit",
+        &[rule],
+        &[9000, 9001],
+        1000,
+        Duration::from_millis(2),
+    );
+    let (mean, sd) = mean_sd(&latencies(&r[0].arrivals));
+    let (_, base_sd) = mean_sd(&latencies(&r[1].arrivals));
+    (mean, (sd * sd - base_sd * base_sd).max(0.0).sqrt())
+}
+
+#[test]
+#[ignore = "needs sch_fq: runs inside the 6.12 VM through on_the_fq_kernel"]
+fn vm_jitter_spread_matches() {
+    // Uniform within ±jitter: σ = jitter/√3.
+    let (mean, sd) = added_spread("proto=udp dport=9000 delay=50ms jitter=15ms reorder=yes");
+    let want = 15.0 / 3f64.sqrt();
+    eprintln!("uniform: mean {mean:.1} ms, spread {sd:.2} ms (want {want:.2})");
+    assert!(
+        (sd - want).abs() <= 0.1 * want,
+        "uniform spread {sd:.2} ms, want {want:.2} ± 10%"
+    );
+    // Normal: σ = jitter.
+    let (mean, sd) =
+        added_spread("proto=udp dport=9000 delay=50ms jitter=10ms dist=normal reorder=yes");
+    eprintln!("normal: mean {mean:.1} ms, spread {sd:.2} ms (want 10)");
+    assert!(
+        (sd - 10.0).abs() <= 1.0,
+        "normal spread {sd:.2} ms, want 10 ± 10%"
+    );
+}
+
+/// Datagrams received out of sequence order.
+fn inversions(arrivals: &[Arrival]) -> usize {
+    arrivals.windows(2).filter(|w| w[1].seq < w[0].seq).count()
+}
+
+#[test]
+#[ignore = "needs sch_fq: runs inside the 6.12 VM through on_the_fq_kernel"]
+fn vm_jitter_keeps_flow_order_unless_asked() {
+    let rule = "proto=udp dport=9000 delay=50ms jitter=20ms dist=normal";
+    let kept = udp_through("ord", &[rule], &[9000], 500, Duration::from_millis(2));
+    let free = udp_through(
+        "reord",
+        &[&format!("{rule} reorder=yes")],
+        &[9000],
+        500,
+        Duration::from_millis(2),
+    );
+    let (k, f) = (inversions(&kept[0].arrivals), inversions(&free[0].arrivals));
+    eprintln!("out-of-order arrivals: {k} kept in order, {f} with reorder=yes");
+    assert_eq!(k, 0, "a flow's datagrams must stay in order");
+    assert!(f > 10, "reorder=yes lets jittered datagrams overtake ({f})");
+}
+
+/// Bits per second of a TCP transfer of `bytes` from client to server on `port`.
+fn tcp_rate(lab: &Lab, port: u16, bytes: u64) -> f64 {
+    let t = tcp_bulk(
+        &lab.a,
+        &lab.b,
+        (SERVER_V4, port).into(),
+        bytes,
+        Duration::from_secs(120),
+    );
+    t.bytes as f64 * 8.0 / t.elapsed.as_secs_f64()
+}
+
+#[test]
+#[ignore = "needs sch_fq: runs inside the 6.12 VM through on_the_fq_kernel"]
+fn vm_rate_10mbit() {
+    let lab = Lab::new("rate");
+    let chaos = ChaosProcess::start(&[
+        "--netns",
+        &lab.a,
+        "--iface",
+        IFACE,
+        "--rule",
+        "proto=tcp dport=5001 rate=10mbit",
+    ]);
+    // 6 MB: about 5 s at 10 Mbit/s, long enough that connection start-up is a small share.
+    let limited = tcp_rate(&lab, 5001, 6_000_000);
+    let other = tcp_rate(&lab, 5002, 30_000_000);
+    let exit = chaos.stop(libc::SIGINT);
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    eprintln!(
+        "rate=10mbit: {:.2} Mbit/s; unlimited port: {:.1} Mbit/s",
+        limited / 1e6,
+        other / 1e6
+    );
+    assert!(
+        (9.5e6..=10.5e6).contains(&limited),
+        "{:.2} Mbit/s, want 10 ± 5%",
+        limited / 1e6
+    );
+    assert!(
+        other > 30e6,
+        "other flows unaffected ({:.1} Mbit/s)",
+        other / 1e6
+    );
+}
+
+/// Throughput of a local TCP sender for `secs` through 50 ms of added delay, by chaos or netem.
+fn local_tcp_through_delay(with_chaos: bool) -> f64 {
+    let lab = Lab::new(if with_chaos { "ltc" } else { "ltn" });
+    let chaos = if with_chaos {
+        Some(ChaosProcess::start(&[
+            "--netns",
+            &lab.a,
+            "--iface",
+            IFACE,
+            "--rule",
+            "proto=tcp dport=5001 delay=50ms",
+        ]))
+    } else {
+        netlab::ip(&["-n", &lab.a, "link", "set", IFACE, "up"]);
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &lab.a, "tc", "qdisc", "add", "dev", IFACE, "root",
+            ])
+            .args(["netem", "delay", "50ms", "limit", "100000"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "netem: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        None
+    };
+    let start = Instant::now();
+    let rate = tcp_rate(&lab, 5001, 8_000_000);
+    eprintln!(
+        "local TCP, 50 ms delay by {}: {:.1} Mbit/s ({:?})",
+        if with_chaos { "chaos" } else { "netem" },
+        rate / 1e6,
+        start.elapsed()
+    );
+    if let Some(c) = chaos {
+        let exit = c.stop(libc::SIGINT);
+        assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    }
+    rate
+}
+
+#[test]
+#[ignore = "needs sch_fq: runs inside the 6.12 VM through on_the_fq_kernel"]
+fn vm_local_tcp_delay_against_netem() {
+    let netem = local_tcp_through_delay(false);
+    let chaos = local_tcp_through_delay(true);
+    eprintln!(
+        "local TCP through 50 ms: chaos {:.1} Mbit/s, netem {:.1} Mbit/s",
+        chaos / 1e6,
+        netem / 1e6
+    );
+    assert!(
+        chaos >= 0.5 * netem,
+        "chaos {:.1} Mbit/s vs netem {:.1}",
+        chaos / 1e6,
+        netem / 1e6
+    );
+}
