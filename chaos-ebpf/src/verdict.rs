@@ -58,7 +58,7 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
     let flow = parse(ctx)?;
     if reverse && flow.proto == PROTO_TCP {
         let key = flow_key(&flow, false);
-        if let Some(index) = CHAOS_REVERSE_DELAY.get_ptr(&key) {
+        if let Some(index) = CHAOS_REVERSE_DELAY.get_ptr(key) {
             // SAFETY: a valid map value.
             let action = CHAOS_ACTIONS.get(unsafe { *index })?;
             return Some(delay_returning(ctx, &flow, action, config));

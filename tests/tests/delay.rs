@@ -303,6 +303,7 @@ fn tcp_rate(lab: &Lab, port: u16, bytes: u64) -> f64 {
 #[ignore = "needs sch_fq: runs inside the 6.12 VM through on_the_fq_kernel"]
 fn vm_rate_10mbit() {
     let lab = Lab::new("rate");
+    let before = root_qdisc(&lab.a);
     let chaos = ChaosProcess::start(&[
         "--netns",
         &lab.a,
@@ -316,6 +317,7 @@ fn vm_rate_10mbit() {
     let other = tcp_rate(&lab, 5002, 30_000_000);
     let exit = chaos.stop(libc::SIGINT);
     assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    assert_eq!(root_qdisc(&lab.a), before, "root qdisc as found");
     eprintln!(
         "rate=10mbit: {:.2} Mbit/s; unlimited port: {:.1} Mbit/s",
         limited / 1e6,
@@ -372,6 +374,11 @@ fn local_tcp_through_delay(with_chaos: bool) -> f64 {
     if let Some(c) = chaos {
         let exit = c.stop(libc::SIGINT);
         assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+        assert!(
+            root_qdisc(&lab.a).contains("noqueue"),
+            "root qdisc as found"
+        );
+        assert!(!links(&lab.a).contains("chaos-ifb"), "no ifb of ours left");
     }
     rate
 }

@@ -643,3 +643,61 @@ fn rate_paces_and_bounds_its_queue() {
     let c = h.counters()[0];
     assert_eq!((c.rate_dropped_pkts, c.dropped_pkts), (9, 0));
 }
+
+/// A UDP packet of exactly `len` bytes on the wire.
+fn udp4_sized(len: usize) -> Vec<u8> {
+    let payload = vec![0u8; len - 14 - 20 - 8];
+    let mut udp = l4(40000, 9000)[..8].to_vec();
+    udp.extend_from_slice(&payload);
+    [
+        eth(0x0800),
+        ipv4(IPPROTO_UDP, V4_CLIENT, V4_SERVER, &[], 0, &udp),
+    ]
+    .concat()
+}
+
+/// `repeat` back-to-back runs queue on the rule's virtual link: the last departure is
+/// `repeat - 1` transmission times after the first, which left about when the runs began.
+fn paced_span(rule: &str, len: usize, repeat: u32) -> (i64, i64) {
+    let mut h = Harness::new(&[rule]);
+    let packet = udp4_sized(len);
+    let ctx_in = skb_ctx(1);
+    let mut ctx_out = vec![0u8; ctx_in.len()];
+    let before = monotonic_ns() as i64;
+    let prog = h.datapath.program(Direction::Egress).unwrap();
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(&packet);
+    opts.ctx_in = Some(&ctx_in);
+    opts.ctx_out = Some(&mut ctx_out);
+    opts.repeat = repeat;
+    prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+    let after = monotonic_ns() as i64;
+    let last = u64::from_ne_bytes(ctx_out[152..160].try_into().unwrap()) as i64;
+    assert_eq!(
+        h.counters()[0].rate_dropped_pkts,
+        0,
+        "{rule}: nothing over the queue"
+    );
+    (last - before, last - after)
+}
+
+#[test]
+fn rate_is_exact_from_100kbit_to_gigabits() {
+    // 2 Gbit/s, 1500-byte packets: 6 µs each; 20,000 runs take far less than 120 ms.
+    let (from_start, from_end) = paced_span("proto=udp rate=2gbit", 1500, 20_000);
+    let want = 19_999 * 6_000;
+    // The first packet left when the runs began (at most a millisecond after `before`), and the
+    // link was never idle: it was still busy when the runs ended.
+    assert!(from_end > 0, "the runs outpaced the link");
+    assert!(
+        (want..want + 1_000_000).contains(&from_start),
+        "2gbit: last departure {from_start} ns after start, want {want}"
+    );
+    // 100 kbit/s, 1500-byte packets: 120 ms each; 5 fit in the 500 ms queue (480 ms).
+    let (from_start, _) = paced_span("proto=udp rate=100kbit", 1500, 5);
+    let want = 4 * 120_000_000;
+    assert!(
+        (from_start - want).abs() < 1_000_000,
+        "100kbit: {from_start} ns, want {want}"
+    );
+}
