@@ -15,7 +15,7 @@ use chaos_common::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use thiserror::Error;
 
-use crate::rule::{Direction, Distribution, PortRange, Protocol, Rule};
+use crate::rule::{Direction, Distribution, MAX_HORIZON, PortRange, Protocol, Rule};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CompileError {
@@ -38,9 +38,17 @@ pub struct CompiledRules {
 
 /// Compiles `rules` in priority order: rule `i` gets bit `i` and counter slot `i`.
 pub fn compile(rules: &[Rule]) -> Result<CompiledRules, CompileError> {
+    let slots: Vec<u32> = (0..rules.len() as u32).collect();
+    compile_with_slots(rules, &slots)
+}
+
+/// Compiles `rules` in priority order: rule `i` gets bit `i` and counter slot `slots[i]`, so a
+/// rule keeps its counters while the rules around it come and go.
+pub fn compile_with_slots(rules: &[Rule], slots: &[u32]) -> Result<CompiledRules, CompileError> {
     if rules.len() > MAX_RULES as usize {
         return Err(CompileError::TooManyRules(rules.len()));
     }
+    assert_eq!(rules.len(), slots.len(), "one counter slot per rule");
     let mut settings = GenSettings::default();
     let mut dport = vec![0; 1 << 16];
     let mut sport = vec![0; 1 << 16];
@@ -83,7 +91,7 @@ pub fn compile(rules: &[Rule]) -> Result<CompiledRules, CompileError> {
     let actions = rules
         .iter()
         .enumerate()
-        .map(|(i, rule)| action(rule, i as u32))
+        .map(|(i, rule)| action(rule, slots[i]))
         .collect();
     Ok(CompiledRules {
         dport: nonzero(&dport),
@@ -95,6 +103,45 @@ pub fn compile(rules: &[Rule]) -> Result<CompiledRules, CompileError> {
         settings,
         actions,
     })
+}
+
+/// What a rule set needs around the program for the packets it holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Holds {
+    /// fq's horizon: the longest hold any rule can cause, with a margin. `None`: nothing is held.
+    pub horizon: Option<Duration>,
+    /// Egress rules hold packets: fq at the interface's root.
+    pub egress_fq: bool,
+    /// Ingress rules hold packets, or local TCP's delay moves to the returning packets: an ifb.
+    pub ifb: bool,
+    /// Egress delay rules that TCP can match: delay local TCP on its returning packets (this
+    /// needs the ingress program attached).
+    pub reverse_tcp_delay: bool,
+}
+
+/// Slack on top of the longest hold a rule can cause, so fq never caps a departure time.
+const HORIZON_MARGIN: Duration = Duration::from_secs(1);
+
+pub fn holds(rules: &[Rule]) -> Holds {
+    let egress = |r: &&Rule| r.direction == Direction::Egress;
+    let reverse_tcp_delay = rules
+        .iter()
+        .filter(egress)
+        .any(|r| r.delay.is_some() && r.protocol != Protocol::Udp);
+    let ingress_fq = rules
+        .iter()
+        .any(|r| r.needs_fq() && r.direction == Direction::Ingress);
+    Holds {
+        horizon: rules
+            .iter()
+            .filter(|r| r.needs_fq())
+            .map(|r| r.max_delay() + r.rate.map_or(Duration::ZERO, |_| RATE_QUEUE) + HORIZON_MARGIN)
+            .max()
+            .map(|h| h.min(MAX_HORIZON)),
+        egress_fq: rules.iter().filter(egress).any(Rule::needs_fq),
+        ifb: ingress_fq || reverse_tcp_delay,
+        reverse_tcp_delay,
+    }
 }
 
 /// How long a packet may wait for its rule's `rate=` before it is dropped, as by a full queue.
@@ -305,6 +352,20 @@ mod tests {
         assert_eq!(b.rate_queue_ns, RATE_QUEUE.as_nanos() as u64);
         assert_eq!(r.flags, ACTION_F_DELAY | ACTION_F_REORDER);
         assert_eq!(r.delay_prob, PROB_ONE);
+    }
+
+    #[test]
+    fn holds_follow_the_rules() {
+        let h = holds(&rules(&["drop=1"]));
+        assert_eq!(h, Holds::default());
+        let h = holds(&rules(&["proto=udp delay=100ms jitter=10ms"]));
+        assert!(h.egress_fq && !h.ifb && !h.reverse_tcp_delay);
+        assert_eq!(h.horizon, Some(Duration::from_millis(100 + 8 * 10 + 1000)));
+        let h = holds(&rules(&["proto=tcp delay=5ms"]));
+        assert!(h.egress_fq && h.ifb && h.reverse_tcp_delay);
+        let h = holds(&rules(&["dir=ingress rate=1mbit"]));
+        assert!(!h.egress_fq && h.ifb && !h.reverse_tcp_delay);
+        assert_eq!(h.horizon, Some(RATE_QUEUE + HORIZON_MARGIN));
     }
 
     #[test]

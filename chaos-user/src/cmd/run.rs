@@ -11,12 +11,12 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     InputError, caps,
-    compile::{CompiledRules, RATE_QUEUE, compile},
+    compile::{CompiledRules, Holds, compile, holds},
     datapath::{AttachMode, Datapath, is_permission_error},
     netns,
     report::{RuleReport, json_lines, table},
     rtnl::Rtnl,
-    rule::{Direction, MAX_HORIZON, Protocol, Rule},
+    rule::{Direction, Rule},
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -88,18 +88,8 @@ struct Plan {
     rules: Vec<Rule>,
     compiled: CompiledRules,
     directions: Vec<Direction>,
-    /// fq's horizon when rules set departure times.
-    fq_horizon: Option<Duration>,
-    /// Egress rules hold packets: fq at the interface's root.
-    egress_fq: bool,
-    /// Ingress rules hold packets, or local TCP's delay moves to the returning packets: an ifb.
-    ifb: bool,
-    /// Egress delay rules that TCP can match: delay local TCP on its returning packets.
-    reverse_tcp_delay: bool,
+    holds: Holds,
 }
-
-/// Slack on top of the longest hold a rule can cause, so fq never caps a departure time.
-const HORIZON_MARGIN: Duration = Duration::from_secs(1);
 
 fn plan(args: &RunArgs) -> Result<Plan, InputError> {
     let rules = args
@@ -117,33 +107,15 @@ fn plan(args: &RunArgs) -> Result<Plan, InputError> {
             directions.push(rule.direction);
         }
     }
-    let egress_fq = rules
-        .iter()
-        .any(|r| r.needs_fq() && r.direction == Direction::Egress);
-    let reverse_tcp_delay = rules.iter().any(|r| {
-        r.delay.is_some() && r.direction == Direction::Egress && r.protocol != Protocol::Udp
-    });
-    let ingress_fq = rules
-        .iter()
-        .any(|r| r.needs_fq() && r.direction == Direction::Ingress);
-    let ifb = ingress_fq || reverse_tcp_delay;
-    if reverse_tcp_delay && !directions.contains(&Direction::Ingress) {
+    let holds = holds(&rules);
+    if holds.reverse_tcp_delay && !directions.contains(&Direction::Ingress) {
         directions.push(Direction::Ingress);
     }
-    let fq_horizon = rules
-        .iter()
-        .filter(|r| r.needs_fq())
-        .map(|r| r.max_delay() + r.rate.map_or(Duration::ZERO, |_| RATE_QUEUE) + HORIZON_MARGIN)
-        .max()
-        .map(|h| h.min(MAX_HORIZON));
     Ok(Plan {
         rules,
         compiled,
         directions,
-        fq_horizon,
-        egress_fq,
-        ifb,
-        reverse_tcp_delay,
+        holds,
     })
 }
 
@@ -197,20 +169,20 @@ pub fn run(args: RunArgs) -> Result<()> {
     })?;
     // Qdiscs and devices before anything is attached: a kernel without fq or ifb must leave the
     // interface untouched.
-    if let Some(horizon) = plan.fq_horizon {
-        if plan.egress_fq {
+    if let Some(horizon) = plan.holds.horizon {
+        if plan.holds.egress_fq {
             datapath
                 .install_fq(&args.iface, ifindex, horizon)
                 .map_err(|e| InputError(e.to_string()))?;
         }
-        if plan.ifb {
+        if plan.holds.ifb {
             check_ingress_hold_kernel()?;
             datapath
                 .create_ifb(&args.iface, ifindex, horizon)
                 .map_err(|e| InputError(e.to_string()))?;
         }
     }
-    if plan.reverse_tcp_delay {
+    if plan.holds.reverse_tcp_delay {
         datapath
             .enable_reverse_tcp_delay()
             .context("writing config")?;
