@@ -60,8 +60,12 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
         let key = flow_key(&flow, false);
         if let Some(index) = CHAOS_REVERSE_DELAY.get_ptr(key) {
             // SAFETY: a valid map value.
-            let action = CHAOS_ACTIONS.get(unsafe { *index })?;
-            return Some(delay_returning(ctx, &flow, action, config));
+            let index = unsafe { *index };
+            // An entry from an earlier rule set is stale: the loader clears those after a flip.
+            if index / MAX_RULES == generation {
+                let action = CHAOS_ACTIONS.get(index)?;
+                return Some(delay_returning(ctx, &flow, action, config));
+            }
         }
     }
     rules &= *settings.proto_rules.get(flow.proto)?;

@@ -3,7 +3,7 @@
 
 use aya::{
     Ebpf, EbpfError, Pod,
-    maps::{Array, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType,
         tc::{NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError},
@@ -13,8 +13,8 @@ use aya::{
 use chaos_common::{
     GenSettings, RuleAction, RuleCounters, RuntimeConfig,
     rules::{
-        CONFIG_F_REVERSE_TCP_DELAY, Ipv4LpmData, Ipv6LpmData, LPM_GEN_BITS, MAX_RULES, PORTS,
-        RuleMask,
+        CONFIG_F_REVERSE_TCP_DELAY, FlowKey, Ipv4LpmData, Ipv6LpmData, LPM_GEN_BITS, MAX_RULES,
+        PORTS, RuleMask,
     },
 };
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -133,6 +133,8 @@ struct Maps {
     actions: Array<MapData, RuleAction>,
     counters: PerCpuArray<MapData, RuleCounters>,
     dist_tables: Array<MapData, i16>,
+    reverse_delay: HashMap<MapData, FlowKey, u32>,
+    flow_departure: HashMap<MapData, FlowKey, u64>,
 }
 
 struct Attachment {
@@ -192,6 +194,8 @@ impl Datapath {
             actions: take(&mut ebpf, "CHAOS_ACTIONS")?,
             counters: take(&mut ebpf, "CHAOS_COUNTERS")?,
             dist_tables: take(&mut ebpf, "CHAOS_DIST_TABLES")?,
+            reverse_delay: take(&mut ebpf, "CHAOS_REVERSE_DELAY")?,
+            flow_departure: take(&mut ebpf, "CHAOS_FLOW_DEPARTURE")?,
         };
         for (t, table) in dist::tables().iter().enumerate() {
             for (i, entry) in table.iter().enumerate() {
@@ -228,6 +232,10 @@ impl Datapath {
             active_gen: generation,
             ..self.config
         })?;
+        // Per-flow state belongs to the old rule set: returning packets must not keep a deleted
+        // rule's delay, nor new flows wait behind an old rule's departure times.
+        clear_map(&mut self.maps.reverse_delay, "CHAOS_REVERSE_DELAY")?;
+        clear_map(&mut self.maps.flow_departure, "CHAOS_FLOW_DEPARTURE")?;
         debug!(generation, "rule set live");
         Ok(())
     }
@@ -338,8 +346,29 @@ impl Datapath {
     ) -> Result<()> {
         let fq = qdisc::install_fq(iface, ifindex, horizon)?;
         info!(iface, ?horizon, "installed fq");
-        self.installed_fq.push(fq);
+        // Installing again (a longer horizon) replaces chaos's own fq in place.
+        if !self.installed_fq.iter().any(|f| f.iface == iface) {
+            self.installed_fq.push(fq);
+        }
         Ok(())
+    }
+
+    /// Zeroes the counters of `slot` on every CPU, before a new rule takes the slot over.
+    pub fn reset_counters(&mut self, slot: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
+            name: "CHAOS_COUNTERS",
+            source: MapError::IoError(e),
+        })?;
+        let zeros = PerCpuValues::try_from(vec![RuleCounters::default(); cpus]).map_err(|e| {
+            DatapathError::Map {
+                name: "CHAOS_COUNTERS",
+                source: MapError::IoError(e),
+            }
+        })?;
+        self.maps
+            .counters
+            .set(slot, zeros, 0)
+            .map_err(map_err("CHAOS_COUNTERS"))
     }
 
     /// Attaches the program for `direction` to `iface` (index `ifindex`).
@@ -443,6 +472,19 @@ impl Datapath {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Counters of one slot, summed over CPUs.
+    pub fn counters_of(&self, slot: u32) -> Result<RuleCounters> {
+        let per_cpu = self
+            .maps
+            .counters
+            .get(&slot, 0)
+            .map_err(map_err("CHAOS_COUNTERS"))?;
+        Ok(per_cpu.iter().fold(RuleCounters::default(), |mut acc, c| {
+            acc.accumulate(c);
+            acc
+        }))
+    }
+
     /// Counters of `slots` rule slots, summed over CPUs.
     pub fn counters(&self, slots: u32) -> Result<Vec<RuleCounters>> {
         (0..slots)
@@ -472,6 +514,22 @@ impl Drop for Datapath {
             tracing::error!("{e}");
         }
     }
+}
+
+/// Removes every entry of a hash map.
+fn clear_map<V: Pod>(map: &mut HashMap<MapData, FlowKey, V>, name: &'static str) -> Result<()> {
+    let keys: Vec<FlowKey> = map
+        .keys()
+        .collect::<std::result::Result<_, _>>()
+        .map_err(map_err(name))?;
+    for key in keys {
+        match map.remove(&key) {
+            // Evicted or removed meanwhile by the LRU: already gone.
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(name)(e)),
+        }
+    }
+    Ok(())
 }
 
 fn set_ports(

@@ -13,9 +13,8 @@ use crate::{
     InputError, caps,
     compile::{CompiledRules, Holds, compile, holds},
     datapath::{AttachMode, Datapath, is_permission_error},
-    netns,
+    host, netns,
     report::{RuleReport, json_lines, table},
-    rtnl::Rtnl,
     rule::{Direction, Rule},
 };
 
@@ -141,7 +140,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         );
         return Err(InputError(format!("interface '{}' not found in {place}", args.iface)).into());
     };
-    check_link_type(&args.iface, ifindex)?;
+    host::check_link_type(&args.iface, ifindex).map_err(InputError)?;
 
     // Signal handlers before the kernel is touched: from here on Ctrl-C or SIGTERM is a clean
     // stop (noticed once set-up is done), never a kill halfway through it.
@@ -176,7 +175,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 .map_err(|e| InputError(e.to_string()))?;
         }
         if plan.holds.ifb {
-            check_ingress_hold_kernel()?;
+            host::check_ingress_hold_kernel().map_err(InputError)?;
             datapath
                 .create_ifb(&args.iface, ifindex, horizon)
                 .map_err(|e| InputError(e.to_string()))?;
@@ -206,45 +205,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     print_final(&reports, args.output)
 }
 
-/// Holding ingress packets in an ifb's fq needs the mono delivery timestamp to survive the
-/// redirect, which kernels before 6.4 do not keep: they drop the packets in the ifb instead.
-fn check_ingress_hold_kernel() -> Result<()> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .context("reading the kernel version")?;
-    let mut parts = release
-        .trim()
-        .split(['.', '-'])
-        .map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    if (major, minor) < (6, 4) {
-        return Err(InputError(format!(
-            "ingress delay=/rate= and delay= on local TCP need Linux 6.4 or newer (this is {})",
-            release.trim()
-        ))
-        .into());
-    }
-    Ok(())
-}
-
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
-}
-
-/// `ARPHRD_ETHER` and `ARPHRD_LOOPBACK`: the link types whose frames start with an Ethernet
-/// header, which is what the program parses.
-const ETHERNET_LINK_TYPES: [u16; 2] = [1, 772];
-
-fn check_link_type(iface: &str, ifindex: u32) -> Result<()> {
-    let link_type = Rtnl::open()
-        .and_then(|mut rtnl| rtnl.link_type(ifindex))
-        .with_context(|| format!("reading the link type of {iface}"))?;
-    if !ETHERNET_LINK_TYPES.contains(&link_type) {
-        return Err(InputError(format!(
-            "{iface} is not an Ethernet interface (link type {link_type}); chaos parses Ethernet frames"
-        ))
-        .into());
-    }
-    Ok(())
 }
 
 /// SIGINT and SIGTERM, caught from set-up on.

@@ -1,0 +1,5 @@
+//! `chaos daemon`: experiments on every interface and namespace of a host, controlled over an
+//! HTTP API or a config file.
+
+pub mod state;
+pub mod worker;

@@ -1,0 +1,510 @@
+//! The daemon's experiments and what they put on each interface.
+//!
+//! Every change runs under one lock and is applied whole: the new rule set of each interface it
+//! touches is compiled and written (a generation flip, so the kernel never sees half of it)
+//! before the change is recorded. If the kernel refuses, nothing changes.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use chaos_common::rules::MAX_RULES;
+use serde::Serialize;
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+use super::worker::{Target, Worker};
+use crate::{
+    compile::{compile_with_slots, holds},
+    experiment::{Experiment, ExperimentError, ExperimentSpec, MAX_EXPERIMENTS},
+    report::RuleReport,
+    rule::Rule,
+};
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// The request names a field that is wrong: 422.
+    Invalid(ExperimentError),
+    /// No such experiment: 404.
+    NotFound(String),
+    /// An experiment of that name exists (create only): 409.
+    Conflict(String),
+    /// Something went wrong on the daemon's side: 500.
+    Internal(String),
+}
+
+/// Where an experiment came from: the config file owns its own, and a reload replaces them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Api,
+    Config,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Waiting for its start delay.
+    Pending,
+    /// Its faults are live.
+    Active,
+    /// Started, but the daemon is paused.
+    Paused,
+}
+
+struct Entry {
+    experiment: Experiment,
+    source: Source,
+    /// Creation order, for precedence; kept when the experiment is replaced.
+    seq: u64,
+    created: SystemTime,
+    started: bool,
+    expires_at: Option<Instant>,
+    /// Bumped on every replace, so timers of an earlier version do nothing.
+    epoch: u64,
+}
+
+impl Entry {
+    fn target(&self) -> Target {
+        Target {
+            netns: self.experiment.spec.netns.clone(),
+            iface: self.experiment.spec.iface.clone(),
+        }
+    }
+}
+
+struct TargetState {
+    worker: Worker,
+    /// Counter slot of each (experiment, rule index): kept while the experiment exists.
+    slots: BTreeMap<(String, usize), u32>,
+}
+
+#[derive(Default)]
+struct State {
+    experiments: BTreeMap<String, Entry>,
+    targets: BTreeMap<Target, TargetState>,
+    paused: bool,
+    next_seq: u64,
+    next_epoch: u64,
+}
+
+/// An experiment as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExperimentView {
+    #[serde(flatten)]
+    pub spec: ExperimentSpec,
+    pub source: Source,
+    pub phase: Phase,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    /// Seconds left until it reverts by itself, if it has a duration and has started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<f64>,
+    /// One entry per rule, in order.
+    pub counters: Vec<RuleReport>,
+}
+
+/// The daemon's overall state.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusView {
+    pub paused: bool,
+    pub experiments: usize,
+    pub interfaces: Vec<String>,
+}
+
+pub struct Manager {
+    state: Mutex<State>,
+}
+
+impl Manager {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// Creates `spec` (or replaces it, with `replace`). Returns whether it was created.
+    pub async fn put(
+        self: &Arc<Self>,
+        spec: ExperimentSpec,
+        source: Source,
+        replace: bool,
+    ) -> Result<bool, ApiError> {
+        let experiment = Experiment::try_from(spec).map_err(ApiError::Invalid)?;
+        let mut state = self.state.lock().await;
+        let name = experiment.spec.name.clone();
+        let old = state.experiments.get(&name);
+        if old.is_some() && !replace {
+            return Err(ApiError::Conflict(name));
+        }
+        if old.is_none() && state.experiments.len() >= MAX_EXPERIMENTS {
+            return Err(ApiError::Invalid(ExperimentError::new(
+                "name",
+                format!("the daemon already holds {MAX_EXPERIMENTS} experiments"),
+            )));
+        }
+        let created = old.is_none();
+        let mut touched: BTreeSet<Target> = old.iter().map(|e| e.target()).collect();
+        let seq = old.map_or(state.next_seq, |e| e.seq);
+        let epoch = state.next_epoch;
+        let entry = Entry {
+            started: experiment.start_delay.is_zero(),
+            expires_at: None,
+            experiment,
+            source,
+            seq,
+            created: old.map_or_else(SystemTime::now, |e| e.created),
+            epoch,
+        };
+        touched.insert(entry.target());
+        let previous = state.experiments.insert(name.clone(), entry);
+        if let Err(e) = self.sync(&mut state, &touched).await {
+            // Put the old version back (or nothing) and re-apply: the kernel is left as it was.
+            match previous {
+                Some(p) => state.experiments.insert(name.clone(), p),
+                None => state.experiments.remove(&name),
+            };
+            if let Err(again) = self.sync(&mut state, &touched).await {
+                warn!("restoring after a refused change: {again:?}");
+            }
+            return Err(e);
+        }
+        state.next_seq += u64::from(created);
+        state.next_epoch += 1;
+        let entry = &state.experiments[&name];
+        if entry.started {
+            self.start_clock(&mut state, &name);
+        } else {
+            self.schedule_start(&name, epoch, entry.experiment.start_delay);
+        }
+        info!(name, created, "experiment applied");
+        Ok(created)
+    }
+
+    /// Deletes an experiment: its faults stop at once.
+    pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
+        let mut state = self.state.lock().await;
+        let entry = state
+            .experiments
+            .remove(name)
+            .ok_or_else(|| ApiError::NotFound(name.to_owned()))?;
+        let touched = BTreeSet::from([entry.target()]);
+        self.sync(&mut state, &touched).await?;
+        info!(name, "experiment deleted");
+        Ok(())
+    }
+
+    /// Replaces every config-file experiment with `experiments`, as one change.
+    pub async fn replace_config(
+        self: &Arc<Self>,
+        experiments: Vec<ExperimentSpec>,
+    ) -> Result<(), ApiError> {
+        // Validate all before touching anything: a bad file leaves the running set alone.
+        let valid = experiments
+            .into_iter()
+            .map(Experiment::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ApiError::Invalid)?;
+        let mut state = self.state.lock().await;
+        for e in &valid {
+            if state
+                .experiments
+                .get(&e.spec.name)
+                .is_some_and(|old| old.source == Source::Api)
+            {
+                return Err(ApiError::Conflict(e.spec.name.clone()));
+            }
+        }
+        let saved: Vec<(String, Entry)> = {
+            let names: Vec<String> = state
+                .experiments
+                .iter()
+                .filter(|(_, e)| e.source == Source::Config)
+                .map(|(n, _)| n.clone())
+                .collect();
+            names
+                .into_iter()
+                .filter_map(|n| state.experiments.remove(&n).map(|e| (n, e)))
+                .collect()
+        };
+        let mut touched: BTreeSet<Target> = saved.iter().map(|(_, e)| e.target()).collect();
+        let mut fresh = Vec::new();
+        for experiment in valid {
+            let name = experiment.spec.name.clone();
+            let (seq, epoch) = (state.next_seq, state.next_epoch);
+            state.next_seq += 1;
+            state.next_epoch += 1;
+            let entry = Entry {
+                started: experiment.start_delay.is_zero(),
+                expires_at: None,
+                experiment,
+                source: Source::Config,
+                seq,
+                created: SystemTime::now(),
+                epoch,
+            };
+            touched.insert(entry.target());
+            fresh.push(name.clone());
+            state.experiments.insert(name, entry);
+        }
+        if let Err(e) = self.sync(&mut state, &touched).await {
+            for name in &fresh {
+                state.experiments.remove(name);
+            }
+            for (name, entry) in saved {
+                state.experiments.insert(name, entry);
+            }
+            if let Err(again) = self.sync(&mut state, &touched).await {
+                warn!("restoring after a refused reload: {again:?}");
+            }
+            return Err(e);
+        }
+        for name in fresh {
+            let entry = &state.experiments[&name];
+            if entry.started {
+                self.start_clock(&mut state, &name);
+            } else {
+                self.schedule_start(&name, entry.epoch, entry.experiment.start_delay);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops (`paused`) or restarts every fault at once.
+    pub async fn set_paused(&self, paused: bool) -> Result<(), ApiError> {
+        let mut state = self.state.lock().await;
+        let was = state.paused;
+        state.paused = paused;
+        let all: BTreeSet<Target> = state.targets.keys().cloned().collect();
+        if let Err(e) = self.sync(&mut state, &all).await {
+            state.paused = was;
+            return Err(e);
+        }
+        info!(paused, "pause state changed");
+        Ok(())
+    }
+
+    pub async fn list(&self) -> Result<Vec<ExperimentView>, ApiError> {
+        let state = self.state.lock().await;
+        let mut views = Vec::new();
+        for name in state.experiments.keys() {
+            views.push(view(&state, name).await?);
+        }
+        Ok(views)
+    }
+
+    pub async fn get(&self, name: &str) -> Result<ExperimentView, ApiError> {
+        let state = self.state.lock().await;
+        if !state.experiments.contains_key(name) {
+            return Err(ApiError::NotFound(name.to_owned()));
+        }
+        view(&state, name).await
+    }
+
+    pub async fn status(&self) -> StatusView {
+        let state = self.state.lock().await;
+        StatusView {
+            paused: state.paused,
+            experiments: state.experiments.len(),
+            interfaces: state.targets.keys().map(|t| t.to_string()).collect(),
+        }
+    }
+
+    /// Stops every worker: all interfaces detached and restored.
+    pub async fn shutdown(&self) {
+        let mut state = self.state.lock().await;
+        state.experiments.clear();
+        // Dropping a worker waits for its thread to detach and restore; off the async threads.
+        let targets = std::mem::take(&mut state.targets);
+        if let Err(e) = tokio::task::spawn_blocking(move || drop(targets)).await {
+            warn!("stopping workers: {e}");
+        }
+    }
+
+    /// Recomputes and applies the rule set of each of `targets`, starting workers for new
+    /// interfaces and stopping those with no experiments left.
+    async fn sync(&self, state: &mut State, targets: &BTreeSet<Target>) -> Result<(), ApiError> {
+        for target in targets {
+            let mut on_target: Vec<(&String, &Entry)> = state
+                .experiments
+                .iter()
+                .filter(|(_, e)| &e.target() == target)
+                .collect();
+            if on_target.is_empty() {
+                if let Some(gone) = state.targets.remove(target) {
+                    tokio::task::spawn_blocking(move || drop(gone))
+                        .await
+                        .map_err(|e| ApiError::Internal(e.to_string()))?;
+                }
+                continue;
+            }
+            // Precedence: higher priority first, then the earlier experiment.
+            on_target.sort_by_key(|(_, e)| (-i64::from(e.experiment.spec.priority), e.seq));
+            let wanted: Vec<(String, usize)> = on_target
+                .iter()
+                .flat_map(|(n, e)| (0..e.experiment.rules.len()).map(move |i| ((*n).clone(), i)))
+                .collect();
+            if wanted.len() > MAX_RULES as usize {
+                return Err(ApiError::Invalid(ExperimentError::new(
+                    "rules",
+                    format!(
+                        "{target} would carry {} rules; at most {MAX_RULES} fit",
+                        wanted.len()
+                    ),
+                )));
+            }
+            let live: Vec<(Rule, (String, usize))> = if state.paused {
+                Vec::new()
+            } else {
+                on_target
+                    .iter()
+                    .filter(|(_, e)| e.started)
+                    .flat_map(|(n, e)| {
+                        e.experiment
+                            .rules
+                            .iter()
+                            .enumerate()
+                            .map(move |(i, r)| (r.clone(), ((*n).clone(), i)))
+                    })
+                    .collect()
+            };
+            if !state.targets.contains_key(target) {
+                let worker = Worker::start(target.clone())
+                    .await
+                    .map_err(|e| ApiError::Invalid(ExperimentError::new("iface", e)))?;
+                state.targets.insert(
+                    target.clone(),
+                    TargetState {
+                        worker,
+                        slots: BTreeMap::new(),
+                    },
+                );
+            }
+            let ts = state.targets.get_mut(target).expect("inserted above");
+            // Slots follow rules: free those of rules gone, give new rules free ones (zeroed).
+            ts.slots.retain(|key, _| wanted.contains(key));
+            let mut fresh = Vec::new();
+            for key in &wanted {
+                if !ts.slots.contains_key(key) {
+                    let used: BTreeSet<u32> = ts.slots.values().copied().collect();
+                    let slot = (0..MAX_RULES)
+                        .find(|s| !used.contains(s))
+                        .expect("at most MAX_RULES rules");
+                    ts.slots.insert(key.clone(), slot);
+                    fresh.push(slot);
+                }
+            }
+            if !fresh.is_empty() {
+                ts.worker.reset(fresh).await.map_err(ApiError::Internal)?;
+            }
+            let rules: Vec<Rule> = live.iter().map(|(r, _)| r.clone()).collect();
+            let slots: Vec<u32> = live.iter().map(|(_, k)| ts.slots[k]).collect();
+            let compiled = compile_with_slots(&rules, &slots)
+                .map_err(|e| ApiError::Invalid(ExperimentError::new("rules", e.to_string())))?;
+            ts.worker
+                .apply(compiled, holds(&rules))
+                .await
+                .map_err(|e| ApiError::Invalid(ExperimentError::new("rules", e)))?;
+        }
+        Ok(())
+    }
+
+    fn start_clock(self: &Arc<Self>, state: &mut State, name: &str) {
+        let Some(entry) = state.experiments.get_mut(name) else {
+            return;
+        };
+        if let Some(duration) = entry.experiment.duration {
+            entry.expires_at = Some(Instant::now() + duration);
+            let (me, name, epoch) = (self.clone(), name.to_owned(), entry.epoch);
+            tokio::spawn(async move {
+                tokio::time::sleep(duration).await;
+                me.expire(&name, epoch).await;
+            });
+        }
+    }
+
+    fn schedule_start(self: &Arc<Self>, name: &str, epoch: u64, delay: Duration) {
+        let (me, name) = (self.clone(), name.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            me.start(&name, epoch).await;
+        });
+    }
+
+    async fn start(self: &Arc<Self>, name: &str, epoch: u64) {
+        let mut state = self.state.lock().await;
+        let Some(entry) = state.experiments.get_mut(name).filter(|e| e.epoch == epoch) else {
+            return;
+        };
+        entry.started = true;
+        let touched = BTreeSet::from([entry.target()]);
+        match self.sync(&mut state, &touched).await {
+            Ok(()) => {
+                info!(name, "experiment started");
+                self.start_clock(&mut state, name);
+            }
+            Err(e) => warn!(name, "starting: {e:?}"),
+        }
+    }
+
+    async fn expire(&self, name: &str, epoch: u64) {
+        let mut state = self.state.lock().await;
+        if !state
+            .experiments
+            .get(name)
+            .is_some_and(|e| e.epoch == epoch)
+        {
+            return;
+        }
+        let entry = state.experiments.remove(name).expect("checked above");
+        let touched = BTreeSet::from([entry.target()]);
+        match self.sync(&mut state, &touched).await {
+            Ok(()) => info!(name, "experiment ended: its duration is over"),
+            Err(e) => warn!(name, "ending: {e:?}"),
+        }
+    }
+}
+
+async fn view(state: &State, name: &str) -> Result<ExperimentView, ApiError> {
+    let entry = &state.experiments[name];
+    let target = entry.target();
+    let mut counters = Vec::new();
+    if let Some(ts) = state.targets.get(&target) {
+        let slots: Vec<u32> = (0..entry.experiment.rules.len())
+            .filter_map(|i| ts.slots.get(&(name.to_owned(), i)).copied())
+            .collect();
+        let values = ts
+            .worker
+            .counters(slots)
+            .await
+            .map_err(ApiError::Internal)?;
+        counters = entry
+            .experiment
+            .rules
+            .iter()
+            .zip(&values)
+            .enumerate()
+            .map(|(i, (rule, c))| RuleReport::new(i, rule, c))
+            .collect();
+    }
+    Ok(ExperimentView {
+        spec: entry.experiment.spec.clone(),
+        source: entry.source,
+        phase: match (entry.started, state.paused) {
+            (false, _) => Phase::Pending,
+            (true, true) => Phase::Paused,
+            (true, false) => Phase::Active,
+        },
+        created: entry
+            .created
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        expires_in_seconds: entry
+            .expires_at
+            .map(|t| t.saturating_duration_since(Instant::now()).as_secs_f64()),
+        counters,
+    })
+}

@@ -1,0 +1,242 @@
+//! Experiments: named fault mixes on one interface, the unit the daemon manages.
+//!
+//! The same schema serves the HTTP API (JSON), config files (TOML) and `chaos apply -f`.
+//!
+//! Precedence when experiments overlap on an interface: higher `priority` first, then the
+//! experiment created earlier; within an experiment, its rules in order. The first rule that
+//! matches a packet decides, as in `chaos run`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::rule::Rule;
+
+/// Most experiments one daemon holds (each interface also holds at most 64 rules in all).
+pub const MAX_EXPERIMENTS: usize = 256;
+/// Longest experiment name: a DNS label, so names work in metrics labels and URLs as they are.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// An experiment as written by users.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSpec {
+    /// Lower-case letters, digits and '-', 1-63 characters.
+    pub name: String,
+    /// Interface the faults apply on.
+    pub iface: String,
+    /// Named network namespace of the interface (as `ip netns`); the daemon's own when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// Rules in `chaos run`'s language; the first that matches a packet decides.
+    pub rules: Vec<String>,
+    /// How long the faults last once started, e.g. "5m"; until deleted when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// How long to wait before the faults start, e.g. "30s".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_delay: Option<String>,
+    /// Higher wins when experiments overlap on an interface (default 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+}
+
+fn is_zero(p: &i32) -> bool {
+    *p == 0
+}
+
+/// Why an experiment was refused: the field and what is wrong with it.
+#[derive(Debug, Error, Clone, PartialEq, Eq, Serialize)]
+#[error("{field}: {message}")]
+pub struct ExperimentError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ExperimentError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A spec that passed validation, with its rules parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Experiment {
+    pub spec: ExperimentSpec,
+    pub rules: Vec<Rule>,
+    pub duration: Option<Duration>,
+    pub start_delay: Duration,
+}
+
+impl TryFrom<ExperimentSpec> for Experiment {
+    type Error = ExperimentError;
+
+    fn try_from(spec: ExperimentSpec) -> Result<Self, Self::Error> {
+        validate_name(&spec.name)?;
+        if spec.iface.is_empty() || spec.iface.len() > 15 || spec.iface.contains('/') {
+            return Err(ExperimentError::new(
+                "iface",
+                "not an interface name (1-15 characters, no '/')",
+            ));
+        }
+        if let Some(ns) = &spec.netns
+            && (ns.is_empty() || ns.contains('/') || ns == "." || ns == "..")
+        {
+            return Err(ExperimentError::new("netns", "not a namespace name"));
+        }
+        if spec.rules.is_empty() {
+            return Err(ExperimentError::new("rules", "at least one rule is needed"));
+        }
+        let rules = spec
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                text.parse::<Rule>()
+                    .map_err(|e| ExperimentError::new(format!("rules[{i}]"), e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let duration = spec
+            .duration
+            .as_deref()
+            .map(|d| parse_duration("duration", d))
+            .transpose()?;
+        let start_delay = spec
+            .start_delay
+            .as_deref()
+            .map(|d| parse_duration("start_delay", d))
+            .transpose()?
+            .unwrap_or(Duration::ZERO);
+        if duration == Some(Duration::ZERO) {
+            return Err(ExperimentError::new("duration", "must be longer than zero"));
+        }
+        Ok(Self {
+            spec,
+            rules,
+            duration,
+            start_delay,
+        })
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), ExperimentError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ExperimentError::new(
+            "name",
+            "use 1-63 lower-case letters, digits and '-', not starting with '-'",
+        ))
+    }
+}
+
+fn parse_duration(field: &str, text: &str) -> Result<Duration, ExperimentError> {
+    humantime::parse_duration(text)
+        .map_err(|e| ExperimentError::new(field, format!("{e} (examples: 30s, 5m, 1h)")))
+}
+
+/// A config file or `chaos apply -f` file: `[[experiment]]` tables.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentFile {
+    #[serde(default, rename = "experiment")]
+    pub experiments: Vec<ExperimentSpec>,
+}
+
+impl ExperimentFile {
+    /// Parses TOML and validates every experiment, and that names are unique.
+    pub fn parse(text: &str) -> Result<Vec<Experiment>, ExperimentError> {
+        let file: ExperimentFile = toml::from_str(text)
+            .map_err(|e| ExperimentError::new("file", e.message().to_owned()))?;
+        let mut seen = std::collections::HashSet::new();
+        file.experiments
+            .into_iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                if !seen.insert(spec.name.clone()) {
+                    return Err(ExperimentError::new(
+                        format!("experiment[{i}].name"),
+                        format!("'{}' given twice", spec.name),
+                    ));
+                }
+                Experiment::try_from(spec).map_err(|e| ExperimentError {
+                    field: format!("experiment[{i}].{}", e.field),
+                    message: e.message,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, rules: &[&str]) -> ExperimentSpec {
+        ExperimentSpec {
+            name: name.into(),
+            iface: "eth0".into(),
+            netns: None,
+            rules: rules.iter().map(|r| (*r).to_owned()).collect(),
+            duration: None,
+            start_delay: None,
+            priority: 0,
+        }
+    }
+
+    #[test]
+    fn valid_experiment() {
+        let mut s = spec(
+            "slow-redis",
+            &["proto=tcp dport=6379 drop=5% delay=200ms delay-p=20%"],
+        );
+        s.duration = Some("5m".into());
+        s.start_delay = Some("10s".into());
+        let e = Experiment::try_from(s).unwrap();
+        assert_eq!(e.duration, Some(Duration::from_secs(300)));
+        assert_eq!(e.start_delay, Duration::from_secs(10));
+        assert_eq!(e.rules.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let field = |s: ExperimentSpec| Experiment::try_from(s).unwrap_err().field;
+        assert_eq!(field(spec("Bad_Name", &["drop=1"])), "name");
+        assert_eq!(field(spec("ok", &[])), "rules");
+        assert_eq!(field(spec("ok", &["drop=1", "dport=0"])), "rules[1]");
+        let mut s = spec("ok", &["drop=1"]);
+        s.duration = Some("soon".into());
+        assert_eq!(field(s), "duration");
+        let mut s = spec("ok", &["drop=1"]);
+        s.iface = "a/b".into();
+        assert_eq!(field(s), "iface");
+    }
+
+    #[test]
+    fn files_parse_whole_or_not_at_all() {
+        let ok = "[[experiment]]\nname = \"a\"\niface = \"eth0\"\nrules = [\"drop=1\"]\n";
+        assert_eq!(ExperimentFile::parse(ok).unwrap().len(), 1);
+        let twice = format!("{ok}{ok}");
+        assert_eq!(
+            ExperimentFile::parse(&twice).unwrap_err().field,
+            "experiment[1].name"
+        );
+        let bad_rule = ok.replace("drop=1", "drop=2");
+        assert_eq!(
+            ExperimentFile::parse(&bad_rule).unwrap_err().field,
+            "experiment[0].rules[0]"
+        );
+        let unknown = format!("{ok}colour = \"red\"\n");
+        assert_eq!(ExperimentFile::parse(&unknown).unwrap_err().field, "file");
+    }
+}

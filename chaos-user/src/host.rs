@@ -1,0 +1,39 @@
+//! Checks of the host that decide whether chaos can work on an interface at all.
+
+use crate::rtnl::Rtnl;
+
+/// `ARPHRD_ETHER` and `ARPHRD_LOOPBACK`: the link types whose frames start with an Ethernet
+/// header, which is what the program parses.
+const ETHERNET_LINK_TYPES: [u16; 2] = [1, 772];
+
+/// Refuses interfaces whose frames are not Ethernet (wireguard, tun, ipip ...).
+pub fn check_link_type(iface: &str, ifindex: u32) -> Result<(), String> {
+    let link_type = Rtnl::open()
+        .and_then(|mut rtnl| rtnl.link_type(ifindex))
+        .map_err(|e| format!("reading the link type of {iface}: {e}"))?;
+    if !ETHERNET_LINK_TYPES.contains(&link_type) {
+        return Err(format!(
+            "{iface} is not an Ethernet interface (link type {link_type}); chaos parses Ethernet frames"
+        ));
+    }
+    Ok(())
+}
+
+/// Holding ingress packets in an ifb's fq needs the mono delivery timestamp to survive the
+/// redirect, which kernels before 6.4 do not keep: they drop the packets in the ifb instead.
+pub fn check_ingress_hold_kernel() -> Result<(), String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_err(|e| format!("reading the kernel version: {e}"))?;
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < (6, 4) {
+        return Err(format!(
+            "ingress delay=/rate= and delay= on local TCP need Linux 6.4 or newer (this is {})",
+            release.trim()
+        ));
+    }
+    Ok(())
+}
