@@ -60,12 +60,16 @@ EOF
 }
 
 # ---------------------------------------------------------------- prepare (once)
+# Bump when the initramfs (init, stage2, modules) changes: caches of an older one are rebuilt.
+INITRD_VERSION=initrd-2
+cache_current() { [ -f "$CACHE/ready" ] && grep -qw "$INITRD_VERSION" "$CACHE/ready"; }
+
 prepare() {
-    [ -f "$CACHE/ready" ] && return 0
+    cache_current && return 0
     mkdir -p "$CACHE"
     exec 9>"$CACHE/.lock"
     flock 9
-    [ -f "$CACHE/ready" ] && { exec 9>&-; return 0; }
+    cache_current && { exec 9>&-; return 0; }
     install_host_deps
 
     local kpkg=${VM_KPKG:-}
@@ -143,7 +147,8 @@ mount --move /sys $R/sys
 mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts $R/dev/pts
 mount -t tmpfs -o mode=1777 shm $R/dev/shm
-mount -t tmpfs -o mode=1777 tmp $R/tmp
+# /tmp stays the overlay's (host /tmp underneath, writes in tmpfs): a checkout or test binary
+# under the host's /tmp must be visible in the guest.
 mount -t tmpfs -o mode=755 run $R/run
 mount -t bpf -o mode=700 bpf $R/sys/fs/bpf
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup 2>/dev/null
@@ -185,7 +190,7 @@ STAGE2
     echo "$CACHE" > "$d/cachedir"
     (cd "$d" && find . | cpio -o -H newc --quiet) > "$CACHE/initrd.img"
     cp "$CACHE/kernel/boot/vmlinuz-$kver" "$CACHE/vmlinuz"
-    echo "$kver" > "$CACHE/ready"
+    echo "$kver $INITRD_VERSION" > "$CACHE/ready"
     exec 9>&-
 }
 

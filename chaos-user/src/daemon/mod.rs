@@ -1,5 +1,6 @@
 //! `chaos daemon`: experiments on every interface and namespace of a host, controlled over an
 //! HTTP API or a config file.
 
+pub mod api;
 pub mod state;
 pub mod worker;

@@ -1,0 +1,272 @@
+//! The control API: HTTP/JSON, described in `docs/openapi.yaml`.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::{Path, Request, State, rejection::JsonRejection},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use serde_json::json;
+
+use super::state::{ApiError, Manager, Source};
+use crate::experiment::{ExperimentError, ExperimentSpec};
+
+#[derive(Clone)]
+struct App {
+    manager: Arc<Manager>,
+    started: std::time::SystemTime,
+}
+
+/// The API's routes. With `token`, every request must carry `Authorization: Bearer <token>`.
+pub fn router(manager: Arc<Manager>, token: Option<String>) -> Router {
+    let app = App {
+        manager,
+        started: std::time::SystemTime::now(),
+    };
+    let router = Router::new()
+        .route("/v1/experiments", get(list).post(create))
+        .route(
+            "/v1/experiments/{name}",
+            get(fetch).put(replace).delete(remove),
+        )
+        .route("/v1/pause", post(pause))
+        .route("/v1/resume", post(resume))
+        .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(app);
+    match token {
+        Some(token) => router.layer(middleware::from_fn(move |req: Request, next: Next| {
+            let token = token.clone();
+            async move { bearer(&token, req, next).await }
+        })),
+        None => router,
+    }
+}
+
+async fn bearer(token: &str, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Constant-time enough for a token compared once per request: no early exit on a mismatch.
+    let ok = given.is_some_and(|g| {
+        g.len() == token.len()
+            && g.bytes()
+                .zip(token.bytes())
+                .fold(0, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if ok {
+        next.run(req).await
+    } else {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "authorization",
+            "a valid bearer token is needed",
+        )
+    }
+}
+
+fn error(status: StatusCode, field: &str, message: &str) -> Response {
+    (status, Json(json!({ "error": message, "field": field }))).into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Invalid(ExperimentError { field, message }) => {
+                error(StatusCode::UNPROCESSABLE_ENTITY, &field, &message)
+            }
+            ApiError::NotFound(name) => error(
+                StatusCode::NOT_FOUND,
+                "name",
+                &format!("no experiment named '{name}'"),
+            ),
+            ApiError::Conflict(name) => error(
+                StatusCode::CONFLICT,
+                "name",
+                &format!("an experiment named '{name}' exists (PUT replaces it)"),
+            ),
+            ApiError::Internal(message) => error(StatusCode::INTERNAL_SERVER_ERROR, "", &message),
+        }
+    }
+}
+
+/// A body that is not an experiment: 400, naming the field serde complained about.
+fn bad_body(rejection: JsonRejection) -> Response {
+    let text = rejection.body_text();
+    let field = text
+        .split('`')
+        .nth(1)
+        .filter(|_| text.contains("field"))
+        .unwrap_or("body");
+    error(StatusCode::BAD_REQUEST, field, &text)
+}
+
+async fn list(State(app): State<App>) -> Result<Response, ApiError> {
+    Ok(Json(app.manager.list().await?).into_response())
+}
+
+async fn create(
+    State(app): State<App>,
+    body: Result<Json<ExperimentSpec>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(spec) = match body {
+        Ok(b) => b,
+        Err(r) => return Ok(bad_body(r)),
+    };
+    let name = spec.name.clone();
+    app.manager.put(spec, Source::Api, false).await?;
+    Ok((StatusCode::CREATED, Json(app.manager.get(&name).await?)).into_response())
+}
+
+async fn replace(
+    State(app): State<App>,
+    Path(name): Path<String>,
+    body: Result<Json<ExperimentSpec>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(spec) = match body {
+        Ok(b) => b,
+        Err(r) => return Ok(bad_body(r)),
+    };
+    if spec.name != name {
+        return Err(ApiError::Invalid(ExperimentError::new(
+            "name",
+            format!("the body names '{}' but the path '{name}'", spec.name),
+        )));
+    }
+    let created = app.manager.put(spec, Source::Api, true).await?;
+    let code = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, Json(app.manager.get(&name).await?)).into_response())
+}
+
+async fn fetch(State(app): State<App>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(app.manager.get(&name).await?).into_response())
+}
+
+async fn remove(State(app): State<App>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    app.manager.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn pause(State(app): State<App>) -> Result<Response, ApiError> {
+    app.manager.set_paused(true).await?;
+    Ok(Json(app.manager.status().await).into_response())
+}
+
+async fn resume(State(app): State<App>) -> Result<Response, ApiError> {
+    app.manager.set_paused(false).await?;
+    Ok(Json(app.manager.status().await).into_response())
+}
+
+async fn status(State(app): State<App>) -> Response {
+    Json(app.manager.status().await).into_response()
+}
+
+type Labels = Vec<(String, String)>;
+
+/// Prometheus text: per-experiment, per-rule counters and the daemon's health.
+async fn metrics(State(app): State<App>) -> Result<Response, ApiError> {
+    let views = app.manager.list().await?;
+    let status = app.manager.status().await;
+    let mut registry = Registry::default();
+    let counter = |registry: &mut Registry, name: &str, help: &str| {
+        let family = Family::<Labels, Counter>::default();
+        registry.register(name, help, family.clone());
+        family
+    };
+    let matched = counter(
+        &mut registry,
+        "chaos_matched_packets",
+        "Packets a rule matched",
+    );
+    let matched_bytes = counter(&mut registry, "chaos_matched_bytes", "Bytes a rule matched");
+    let dropped = counter(
+        &mut registry,
+        "chaos_dropped_packets",
+        "Packets a rule dropped",
+    );
+    let delayed = counter(
+        &mut registry,
+        "chaos_delayed_packets",
+        "Packets a rule delayed",
+    );
+    let rate_dropped = counter(
+        &mut registry,
+        "chaos_rate_dropped_packets",
+        "Packets dropped because a rule's rate queue was full",
+    );
+    for v in &views {
+        for c in &v.counters {
+            let labels: Labels = vec![
+                ("experiment".into(), v.spec.name.clone()),
+                ("rule".into(), c.rule.to_string()),
+            ];
+            matched.get_or_create(&labels).inc_by(c.matched_packets);
+            matched_bytes.get_or_create(&labels).inc_by(c.matched_bytes);
+            dropped.get_or_create(&labels).inc_by(c.dropped_packets);
+            delayed.get_or_create(&labels).inc_by(c.delayed_packets);
+            rate_dropped
+                .get_or_create(&labels)
+                .inc_by(c.rate_dropped_packets);
+        }
+    }
+    let gauge = |registry: &mut Registry, name: &str, help: &str, value: i64| {
+        let g = Gauge::<i64>::default();
+        g.set(value);
+        registry.register(name, help, g);
+    };
+    gauge(&mut registry, "chaos_up", "1 while the daemon serves", 1);
+    gauge(
+        &mut registry,
+        "chaos_paused",
+        "1 while every fault is paused",
+        i64::from(status.paused),
+    );
+    gauge(
+        &mut registry,
+        "chaos_experiments",
+        "Experiments held",
+        status.experiments as i64,
+    );
+    gauge(
+        &mut registry,
+        "chaos_interfaces",
+        "Interfaces with chaos attached",
+        status.interfaces.len() as i64,
+    );
+    let started = app
+        .started
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    gauge(
+        &mut registry,
+        "chaos_start_time_seconds",
+        "When the daemon started (Unix time)",
+        started,
+    );
+    let mut text = String::new();
+    encode(&mut text, &registry).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
