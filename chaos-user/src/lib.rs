@@ -4,6 +4,7 @@
 //! benches drive the same code.
 
 pub mod caps;
+pub mod client;
 pub mod clsact;
 pub mod cmd;
 pub mod compile;

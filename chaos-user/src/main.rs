@@ -3,11 +3,11 @@
 use std::process::ExitCode;
 
 use chaos_user::{InputError, cmd};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-/// Network fault injection with eBPF: drop exactly the packets that match rules (protocol, ports,
-/// CIDRs, direction) on an interface, without a proxy and without touching the applications.
+/// Network fault injection with eBPF: drop, delay or throttle exactly the packets that match rules
+/// (protocol, ports, CIDRs, direction), without a proxy and without touching the applications.
 #[derive(Debug, Parser)]
 #[command(name = "chaos", version, propagate_version = true)]
 struct Cli {
@@ -22,6 +22,18 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Run(cmd::run::RunArgs),
+    Daemon(cmd::daemon::DaemonArgs),
+    #[command(flatten)]
+    Ctl(cmd::ctl::Ctl),
+    /// Print a shell completion script, e.g. `chaos completions bash > /etc/bash_completion.d/chaos`.
+    Completions {
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (chaos.1, chaos-run.1, ...) into DIR.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -39,6 +51,14 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run(args) => cmd::run::run(args),
+        Command::Daemon(args) => cmd::daemon::run(args),
+        Command::Ctl(ctl) => cmd::ctl::run(ctl),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "chaos", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => clap_mangen::generate_to(Cli::command(), &dir)
+            .map_err(|e| anyhow::anyhow!("writing man pages to {}: {e}", dir.display())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -438,6 +438,8 @@ pub struct ChaosProcess {
     child: Child,
     stdout: Option<ChildStdout>,
     pub stderr_lines: Vec<String>,
+    /// What stderr says after the ready line.
+    later_stderr: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// What a `chaos` process left when it ended.
@@ -479,8 +481,14 @@ impl ChaosProcess {
     /// Starts `chaos run` with `args` and waits until it reports its rules live. Panics with its
     /// stderr if it exits first or takes longer than 30 s.
     pub fn start(args: &[&str]) -> Self {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        Self::spawn(&all, READY)
+    }
+
+    /// Starts `chaos` with `args` and waits for a stderr line starting with `ready`.
+    pub fn spawn(args: &[&str], ready: &str) -> Self {
         let mut child = Command::new(chaos_bin())
-            .arg("run")
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -502,15 +510,16 @@ impl ChaosProcess {
             child,
             stdout,
             stderr_lines: Vec::new(),
+            later_stderr: Arc::default(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
-                    let ready = line.starts_with(READY);
+                    let is_ready = line.starts_with(ready);
                     me.stderr_lines.push(line);
-                    if ready {
+                    if is_ready {
                         break;
                     }
                 }
@@ -520,8 +529,16 @@ impl ChaosProcess {
                 ),
             }
         }
-        // Keep draining stderr so chaos never blocks on a full pipe.
-        thread::spawn(move || for _ in rx {});
+        // Keep draining stderr, so chaos never blocks on a full pipe, and keep what it says.
+        let later = me.later_stderr.clone();
+        thread::spawn(move || {
+            for line in rx {
+                later
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(line);
+            }
+        });
         me
     }
 
@@ -557,7 +574,20 @@ impl ChaosProcess {
         ChaosExit {
             code: status.code(),
             stdout,
-            stderr: self.stderr_lines.join("\n"),
+            stderr: {
+                // Give the reader a moment to take the last lines from the closed pipe.
+                thread::sleep(Duration::from_millis(50));
+                let later = self
+                    .later_stderr
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                self.stderr_lines
+                    .iter()
+                    .chain(later.iter())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            },
         }
     }
 }
@@ -573,6 +603,49 @@ impl Drop for ChaosProcess {
                 eprintln!("netlab: wait chaos: {e}");
             }
         }
+    }
+}
+
+/// A `chaos daemon` we started, on a socket of its own; killed and reaped on drop if running.
+pub struct Daemon {
+    pub socket: PathBuf,
+    process: ChaosProcess,
+}
+
+/// Line the daemon prints on stderr once its API answers.
+pub const DAEMON_READY: &str = "chaos: daemon listening on";
+
+impl Daemon {
+    /// Starts `chaos daemon` with `args` on a fresh socket and waits until it listens.
+    pub fn start(args: &[&str]) -> Self {
+        let n = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let socket =
+            std::env::temp_dir().join(format!("chaos-test-{}-{n}.sock", std::process::id()));
+        let mut all = vec!["daemon", "--socket", socket.to_str().unwrap()];
+        all.extend_from_slice(args);
+        Self {
+            process: ChaosProcess::spawn(&all, DAEMON_READY),
+            socket,
+        }
+    }
+
+    /// Sends `signal` to the daemon (ours, by PID) without waiting.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's PID, which we have not reaped yet.
+        let rc = unsafe { libc::kill(self.process.pid(), signal) };
+        assert_eq!(rc, 0, "kill: {}", io::Error::last_os_error());
+    }
+
+    /// Stops the daemon with SIGTERM and returns how it ended.
+    pub fn stop(self) -> ChaosExit {
+        self.process.stop(libc::SIGTERM)
+    }
+
+    /// Runs a `chaos` client command against this daemon.
+    pub fn ctl(&self, args: &[&str]) -> ChaosExit {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--socket", self.socket.to_str().unwrap()]);
+        chaos_output(&all)
     }
 }
 

@@ -1,4 +1,4 @@
-//! The control API: HTTP/JSON, described in `docs/openapi.yaml`.
+//! The control API: HTTP/JSON, described in `docs/openapi.json`.
 
 use std::sync::Arc;
 

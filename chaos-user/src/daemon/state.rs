@@ -452,11 +452,7 @@ impl Manager {
 
     async fn expire(&self, name: &str, epoch: u64) {
         let mut state = self.state.lock().await;
-        if !state
-            .experiments
-            .get(name)
-            .is_some_and(|e| e.epoch == epoch)
-        {
+        if state.experiments.get(name).is_none_or(|e| e.epoch != epoch) {
             return;
         }
         let entry = state.experiments.remove(name).expect("checked above");

@@ -35,7 +35,12 @@ impl fmt::Display for Target {
 }
 
 enum Request {
-    Apply(CompiledRules, Holds, oneshot::Sender<Result<(), String>>),
+    // Boxed: a compiled rule set is large, and the channel holds one of these per request.
+    Apply(
+        Box<CompiledRules>,
+        Holds,
+        oneshot::Sender<Result<(), String>>,
+    ),
     Counters(Vec<u32>, oneshot::Sender<Result<Vec<RuleCounters>, String>>),
     Reset(Vec<u32>, oneshot::Sender<Result<(), String>>),
 }
@@ -89,7 +94,8 @@ impl Worker {
 
     /// Makes `rules` the interface's live rule set, installing what it holds packets with.
     pub async fn apply(&self, rules: CompiledRules, holds: Holds) -> Result<(), String> {
-        self.ask(|reply| Request::Apply(rules, holds, reply)).await
+        self.ask(|reply| Request::Apply(Box::new(rules), holds, reply))
+            .await
     }
 
     /// Counters of `slots`, summed over CPUs.

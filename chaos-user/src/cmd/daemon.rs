@@ -1,0 +1,212 @@
+//! `chaos daemon`: holds experiments for every interface and namespace of the host, controlled
+//! over the HTTP API (a unix socket; TCP with a bearer token when asked) and a config file.
+
+use std::{
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{Context as _, Result};
+use clap::Args;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{error, info};
+
+use crate::{
+    InputError, caps,
+    daemon::{
+        api,
+        state::{ApiError, Manager},
+    },
+    experiment::{ExperimentFile, ExperimentSpec},
+};
+
+/// Where the API listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/chaos/chaos.sock";
+
+/// Run the chaos daemon: experiments on any interface and namespace, controlled over an API.
+#[derive(Debug, Args)]
+#[command(after_help = DAEMON_HELP)]
+pub struct DaemonArgs {
+    /// Unix socket of the API; created mode 0600 (root only).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+
+    /// Also serve the API on this TCP address; every request must then carry the token.
+    #[arg(long, value_name = "ADDR", requires = "token_file")]
+    pub listen: Option<SocketAddr>,
+
+    /// File holding the bearer token for --listen.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Experiments to run, as TOML `[[experiment]]` tables; validated whole before anything is
+    /// applied. SIGHUP reloads it; a bad file leaves the running set untouched.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+const DAEMON_HELP: &str = "\
+Experiments are managed with `chaos apply`, `chaos list`, `chaos get`, `chaos delete`,
+`chaos pause`, `chaos resume` and `chaos status`, or over HTTP (docs/openapi.json):
+  curl --unix-socket /run/chaos/chaos.sock http://chaos/v1/experiments
+
+A config file holds the same fields as the API:
+  [[experiment]]
+  name = \"slow-redis\"
+  iface = \"eth0\"
+  rules = [\"proto=tcp dport=6379 drop=5% delay=200ms delay-p=20%\"]
+  duration = \"5m\"
+
+Overlapping experiments on one interface: higher `priority` first, then the older one; the
+first rule that matches a packet decides. On SIGINT/SIGTERM every interface is restored.";
+
+/// Reads and validates a config file.
+fn load_config(path: &Path) -> Result<Vec<ExperimentSpec>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let experiments =
+        ExperimentFile::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(experiments.into_iter().map(|e| e.spec).collect())
+}
+
+pub fn run(args: DaemonArgs) -> Result<()> {
+    let effective = caps::effective().context("reading capabilities")?;
+    if let Some(cap) = caps::missing_for_run(effective, false).first() {
+        return Err(InputError(format!(
+            "missing capability {} ({}); run as root or grant it",
+            cap.name, cap.why
+        ))
+        .into());
+    }
+    let initial = args
+        .config
+        .as_deref()
+        .map(load_config)
+        .transpose()
+        .map_err(InputError)?;
+    let token = match &args.token_file {
+        Some(path) => {
+            let token = std::fs::read_to_string(path)
+                .map_err(|e| InputError(format!("--token-file {}: {e}", path.display())))?;
+            let token = token.trim().to_owned();
+            if token.len() < 16 {
+                return Err(InputError(
+                    "--token-file: the token needs 16 characters or more".into(),
+                )
+                .into());
+            }
+            Some(token)
+        }
+        None => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(args, initial, token))
+}
+
+async fn serve(
+    args: DaemonArgs,
+    initial: Option<Vec<ExperimentSpec>>,
+    token: Option<String>,
+) -> Result<()> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let manager = Manager::new();
+    if let Some(specs) = initial
+        && let Err(e) = manager.replace_config(specs).await
+    {
+        manager.shutdown().await;
+        return Err(InputError(format!("--config: {}", describe(&e))).into());
+    }
+    let listener = bind_socket(&args.socket)?;
+    let unix =
+        tokio::spawn(axum::serve(listener, api::router(manager.clone(), None)).into_future());
+    let tcp = match args.listen {
+        Some(addr) => {
+            let tcp = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| InputError(format!("--listen {addr}: {e}")))?;
+            Some(tokio::spawn(
+                axum::serve(tcp, api::router(manager.clone(), token)).into_future(),
+            ))
+        }
+        None => None,
+    };
+    // Scripts and tests wait for this line: the API answers once it is printed.
+    eprintln!("chaos: daemon listening on {}", args.socket.display());
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+            _ = hangup.recv() => reload(&manager, args.config.as_deref()).await,
+        }
+    }
+    info!("stopping: restoring every interface");
+    unix.abort();
+    if let Some(tcp) = tcp {
+        tcp.abort();
+    }
+    manager.shutdown().await;
+    if let Err(e) = std::fs::remove_file(&args.socket) {
+        error!("removing {}: {e}", args.socket.display());
+    }
+    Ok(())
+}
+
+async fn reload(manager: &Arc<Manager>, config: Option<&Path>) {
+    let Some(path) = config else {
+        info!("SIGHUP without --config: nothing to reload");
+        return;
+    };
+    let result = match load_config(path) {
+        Ok(specs) => manager
+            .replace_config(specs)
+            .await
+            .map_err(|e| describe(&e)),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => info!(config = %path.display(), "reloaded"),
+        Err(e) => error!("reload refused, the running experiments are unchanged: {e}"),
+    }
+}
+
+fn describe(e: &ApiError) -> String {
+    match e {
+        ApiError::Invalid(e) => e.to_string(),
+        ApiError::NotFound(n) => format!("no experiment named '{n}'"),
+        ApiError::Conflict(n) => format!("'{n}' is already an API experiment"),
+        ApiError::Internal(m) => m.clone(),
+    }
+}
+
+/// Binds the API socket, root-only from the first moment (umask), after making sure no other
+/// daemon answers on it.
+fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(InputError(format!(
+                "a chaos daemon is already listening on {}",
+                path.display()
+            ))
+            .into());
+        }
+        // Left by a daemon that was killed.
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    // SAFETY: umask only changes this process's file-creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = tokio::net::UnixListener::bind(path);
+    // SAFETY: as above, restoring it.
+    unsafe { libc::umask(old) };
+    let listener = bound.with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
