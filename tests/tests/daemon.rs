@@ -496,3 +496,79 @@ async fn raw_status(
         .map(|(status, _)| status.as_u16())
         .map_err(|e| e.to_string())
 }
+
+/// One HTTP/1.1 GET over TCP; returns the status code.
+fn tcp_get(addr: SocketAddr, path: &str, token: Option<&str>) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: chaos\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn tcp_listener_needs_the_token() {
+    let dir = std::env::temp_dir().join(format!("chaos-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    let token = "0123456789abcdef-test-token";
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    // A free port on loopback for the daemon's listener.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let d = Daemon::start(&[
+        "--listen",
+        &addr.to_string(),
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ]);
+    assert_eq!(tcp_get(addr, "/v1/status", None), 401, "no token");
+    assert_eq!(
+        tcp_get(addr, "/v1/status", Some("wrong-token-of-same-len-xx")),
+        401,
+        "wrong token"
+    );
+    assert_eq!(tcp_get(addr, "/v1/status", Some(token)), 200, "the token");
+    assert_eq!(d.stop().code, Some(0));
+    let no_token = netlab::chaos_output(&["daemon", "--listen", &addr.to_string()]);
+    assert_eq!(
+        no_token.code,
+        Some(2),
+        "--listen without --token-file: {}",
+        no_token.stderr
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn completions_and_man_pages() {
+    let bash = netlab::chaos_output(&["completions", "bash"]);
+    assert_eq!(bash.code, Some(0));
+    assert!(
+        bash.stdout.contains("_chaos") && bash.stdout.contains("daemon"),
+        "bash completion"
+    );
+    let dir = std::env::temp_dir().join(format!("chaos-man-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let man = netlab::chaos_output(&["man", dir.to_str().unwrap()]);
+    assert_eq!(man.code, Some(0), "{}", man.stderr);
+    for page in ["chaos.1", "chaos-run.1", "chaos-daemon.1", "chaos-apply.1"] {
+        let text =
+            std::fs::read_to_string(dir.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH"), "{page} is a man page");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
