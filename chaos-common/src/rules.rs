@@ -51,6 +51,9 @@ pub struct RuntimeConfig {
     /// `CONFIG_F_*` bits.
     pub flags: u32,
     pub _pad: u32,
+    /// The controller's lease: past this CLOCK_MONOTONIC time (ns) the program passes every
+    /// packet, so faults never outlive a controller that died or froze. 0: no lease.
+    pub lease_until_ns: u64,
 }
 
 /// Delay of locally sent TCP is applied to the connection's returning packets, on ingress.
@@ -108,6 +111,9 @@ pub struct RuleAction {
     pub rate_bytes_per_sec: u64,
     /// A packet that would wait longer than this for the rate is dropped, as by a full queue.
     pub rate_queue_ns: u64,
+    /// Past this CLOCK_MONOTONIC time (ns) the rule is ignored: an experiment's end, enforced
+    /// by the program itself. 0: no end.
+    pub expires_ns: u64,
 }
 
 /// The rule delays a share of its packets.
@@ -188,7 +194,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
 }
 
-const _: () = assert!(core::mem::size_of::<RuntimeConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<RuntimeConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<GenSettings>() == 8 * 12);
-const _: () = assert!(core::mem::size_of::<RuleAction>() == 56);
+const _: () = assert!(core::mem::size_of::<RuleAction>() == 64);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);

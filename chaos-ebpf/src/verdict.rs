@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     bindings::TC_ACT_REDIRECT,
-    helpers::bpf_redirect,
+    helpers::{bpf_ktime_get_ns, bpf_redirect},
     maps::{Array, lpm_trie::Key},
     programs::TcContext,
 };
@@ -52,6 +52,12 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
     let mut rules = *settings.dir_rules.get(dir)?;
     let reverse = dir == DIR_INGRESS && config.flags & CONFIG_F_REVERSE_TCP_DELAY != 0;
     if rules == 0 && !reverse {
+        return None;
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // The controller's lease ran out: it died or froze. Pass everything until it is back.
+    if config.lease_until_ns != 0 && now > config.lease_until_ns {
         return None;
     }
     pull_headers(ctx);
@@ -118,6 +124,10 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
     }
     let index = generation * MAX_RULES + lowest_bit(rules);
     let action = CHAOS_ACTIONS.get(index)?;
+    // The rule's experiment is over, whatever its controller does.
+    if action.expires_ns != 0 && now > action.expires_ns {
+        return None;
+    }
     Some(apply(ctx, &flow, action, index, dir, config))
 }
 

@@ -249,6 +249,15 @@ impl Datapath {
         Ok(())
     }
 
+    /// Renews the controller's lease: unless renewed again within `lease`, the program passes
+    /// every packet (a dead or frozen controller's faults end by themselves).
+    pub fn set_lease(&mut self, lease: std::time::Duration) -> Result<()> {
+        self.write_config(RuntimeConfig {
+            lease_until_ns: crate::host::monotonic_after(lease),
+            ..self.config
+        })
+    }
+
     /// Delays locally sent TCP through its returning packets (`CONFIG_F_REVERSE_TCP_DELAY`);
     /// needs the ingress program attached and an ifb.
     pub fn enable_reverse_tcp_delay(&mut self) -> Result<()> {

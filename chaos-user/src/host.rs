@@ -37,3 +37,20 @@ pub fn check_ingress_hold_kernel() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, for leases and expiry times the
+/// program compares against.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The monotonic time `after` from now, in ns.
+pub fn monotonic_after(after: std::time::Duration) -> u64 {
+    monotonic_ns() + after.as_nanos() as u64
+}

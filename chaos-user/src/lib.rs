@@ -15,6 +15,7 @@ pub mod experiment;
 pub mod host;
 pub mod netns;
 pub mod qdisc;
+pub mod recover;
 pub mod report;
 pub mod rtnl;
 pub mod rule;

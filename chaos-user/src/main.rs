@@ -23,6 +23,7 @@ struct Cli {
 enum Command {
     Run(cmd::run::RunArgs),
     Daemon(cmd::daemon::DaemonArgs),
+    Cleanup(cmd::cleanup::CleanupArgs),
     #[command(flatten)]
     Ctl(cmd::ctl::Ctl),
     /// Print a shell completion script, e.g. `chaos completions bash > /etc/bash_completion.d/chaos`.
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => cmd::run::run(args),
         Command::Daemon(args) => cmd::daemon::run(args),
+        Command::Cleanup(args) => cmd::cleanup::run(args),
         Command::Ctl(ctl) => cmd::ctl::run(ctl),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "chaos", &mut std::io::stdout());

@@ -198,6 +198,56 @@ impl Rtnl {
         self.wait_ack(seq)
     }
 
+    /// Every link of the namespace: (index, name).
+    pub fn links(&mut self) -> io::Result<Vec<(u32, String)>> {
+        const IFLA_IFNAME: u16 = 3;
+        let ifinfo = [0u8; 16];
+        let seq = self.send_raw(
+            libc::RTM_GETLINK,
+            libc::NLM_F_DUMP,
+            &ifinfo,
+            &Attrs::default(),
+        )?;
+        let mut found = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let got = self.recv(&mut buf)?;
+            let mut rest = &buf[..got];
+            while rest.len() >= NLMSG_HDR {
+                let (len, kind, msg_seq) = header(rest);
+                let len = len.min(rest.len());
+                if len < NLMSG_HDR {
+                    break;
+                }
+                let body = &rest[NLMSG_HDR..len];
+                if msg_seq == seq {
+                    match kind {
+                        DONE => return Ok(found),
+                        ERROR => error_code(body)?,
+                        libc::RTM_NEWLINK if body.len() >= 16 => {
+                            let index = u32::from_ne_bytes([body[4], body[5], body[6], body[7]]);
+                            let mut attrs = &body[16..];
+                            while attrs.len() >= 4 {
+                                let alen = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+                                let atype = u16::from_ne_bytes([attrs[2], attrs[3]]);
+                                if alen < 4 || alen > attrs.len() {
+                                    break;
+                                }
+                                if atype == IFLA_IFNAME {
+                                    let name = String::from_utf8_lossy(&attrs[4..alen]);
+                                    found.push((index, name.trim_end_matches('\0').to_owned()));
+                                }
+                                attrs = &attrs[alen.next_multiple_of(4).min(attrs.len())..];
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                rest = &rest[len.next_multiple_of(4).min(rest.len())..];
+            }
+        }
+    }
+
     /// The link type (`ARPHRD_*`) of `ifindex`.
     pub fn link_type(&mut self, ifindex: u32) -> io::Result<u16> {
         // struct ifinfomsg: family, pad, type, index, flags, change.

@@ -629,6 +629,10 @@ impl Daemon {
         }
     }
 
+    pub fn pid(&self) -> i32 {
+        self.process.pid()
+    }
+
     /// Sends `signal` to the daemon (ours, by PID) without waiting.
     pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: kill(2) on our own child's PID, which we have not reaped yet.

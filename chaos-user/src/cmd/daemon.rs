@@ -45,6 +45,11 @@ pub struct DaemonArgs {
     /// applied. SIGHUP reloads it; a bad file leaves the running set untouched.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// The program stops injecting when the daemon has not renewed this lease in time (every
+    /// third of it): faults never outlive a killed or frozen daemon.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub lease: std::time::Duration,
 }
 
 const DAEMON_HELP: &str = "\
@@ -115,7 +120,16 @@ async fn serve(
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    let manager = Manager::new();
+    // What an earlier, killed instance left: removed before anything new is attached.
+    match crate::recover::clean(true) {
+        Ok(removed) => {
+            for r in removed {
+                tracing::warn!("removed a leftover of an earlier chaos: {r}");
+            }
+        }
+        Err(e) => error!("looking for leftovers of an earlier chaos: {e}"),
+    }
+    let manager = Manager::new(args.lease);
     if let Some(specs) = initial
         && let Err(e) = manager.replace_config(specs).await
     {

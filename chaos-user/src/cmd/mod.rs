@@ -1,3 +1,4 @@
+pub mod cleanup;
 pub mod ctl;
 pub mod daemon;
 pub mod run;

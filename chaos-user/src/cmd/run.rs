@@ -54,6 +54,11 @@ pub struct RunArgs {
     /// How to attach to the interface.
     #[arg(long, value_enum, default_value_t)]
     pub attach: AttachMode,
+
+    /// The program stops injecting when chaos has not renewed this lease in time (it renews it
+    /// every third of it): faults never outlive a killed or frozen chaos.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub lease: Duration,
 }
 
 const RULE_HELP: &str = "\
@@ -186,7 +191,19 @@ pub fn run(args: RunArgs) -> Result<()> {
             .enable_reverse_tcp_delay()
             .context("writing config")?;
     }
-    datapath.apply(&plan.compiled).context("writing rules")?;
+    let mut compiled = plan.compiled.clone();
+    if let Some(d) = args.duration {
+        // The program ends the faults itself at the deadline, even if chaos is frozen.
+        let expires = host::monotonic_after(d);
+        compiled
+            .actions
+            .iter_mut()
+            .for_each(|a| a.expires_ns = expires);
+    }
+    datapath
+        .set_lease(args.lease)
+        .context("writing the lease")?;
+    datapath.apply(&compiled).context("writing rules")?;
     for direction in &plan.directions {
         // On failure the Datapath drop detaches whatever was attached before.
         datapath
@@ -196,7 +213,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     announce(&args, &plan.directions);
 
     let live = args.output == Output::Text && std::io::stdout().is_terminal();
-    let waited = runtime.block_on(wait(&datapath, &plan.rules, args.duration, live, &mut stop));
+    let waited = runtime.block_on(wait(
+        &mut datapath,
+        args.lease,
+        &plan.rules,
+        args.duration,
+        live,
+        &mut stop,
+    ));
     // Detach before reporting, and even if waiting failed: the interface must be left clean.
     let detached = datapath.detach_all().context("detaching");
     let reports = reports(&datapath, &plan.rules)?;
@@ -255,7 +279,8 @@ fn reports(datapath: &Datapath, rules: &[Rule]) -> Result<Vec<RuleReport>> {
 }
 
 async fn wait(
-    datapath: &Datapath,
+    datapath: &mut Datapath,
+    lease: Duration,
     rules: &[Rule],
     duration: Option<Duration>,
     live: bool,
@@ -269,12 +294,14 @@ async fn wait(
     };
     tokio::pin!(deadline);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut renew = tokio::time::interval(lease / 3);
     let mut drawn_lines = 0;
     loop {
         tokio::select! {
             _ = stop.interrupt.recv() => break,
             _ = stop.terminate.recv() => break,
             () = &mut deadline => break,
+            _ = renew.tick() => datapath.set_lease(lease).context("renewing the lease")?,
             _ = tick.tick(), if live => {
                 let text = table(&reports(datapath, rules)?);
                 drawn_lines = redraw(&text, drawn_lines)?;
@@ -323,6 +350,7 @@ mod tests {
             duration: None,
             output: Output::Text,
             attach: AttachMode::Auto,
+            lease: Duration::from_secs(3),
         }
     }
 

@@ -117,12 +117,15 @@ pub struct StatusView {
 
 pub struct Manager {
     state: Mutex<State>,
+    /// The program's lease on each interface (see `RuntimeConfig::lease_until_ns`).
+    lease: Duration,
 }
 
 impl Manager {
-    pub fn new() -> Arc<Self> {
+    pub fn new(lease: Duration) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State::default()),
+            lease,
         })
     }
 
@@ -150,9 +153,12 @@ impl Manager {
         let mut touched: BTreeSet<Target> = old.iter().map(|e| e.target()).collect();
         let seq = old.map_or(state.next_seq, |e| e.seq);
         let epoch = state.next_epoch;
+        let started = experiment.start_delay.is_zero();
         let entry = Entry {
-            started: experiment.start_delay.is_zero(),
-            expires_at: None,
+            started,
+            expires_at: started
+                .then(|| experiment.duration.map(|d| Instant::now() + d))
+                .flatten(),
             experiment,
             source,
             seq,
@@ -237,9 +243,12 @@ impl Manager {
             let (seq, epoch) = (state.next_seq, state.next_epoch);
             state.next_seq += 1;
             state.next_epoch += 1;
+            let started = experiment.start_delay.is_zero();
             let entry = Entry {
-                started: experiment.start_delay.is_zero(),
-                expires_at: None,
+                started,
+                expires_at: started
+                    .then(|| experiment.duration.map(|d| Instant::now() + d))
+                    .flatten(),
                 experiment,
                 source: Source::Config,
                 seq,
@@ -356,7 +365,7 @@ impl Manager {
                     ),
                 )));
             }
-            let live: Vec<(Rule, (String, usize))> = if state.paused {
+            let live: Vec<(Rule, (String, usize), Option<Instant>)> = if state.paused {
                 Vec::new()
             } else {
                 on_target
@@ -367,12 +376,12 @@ impl Manager {
                             .rules
                             .iter()
                             .enumerate()
-                            .map(move |(i, r)| (r.clone(), ((*n).clone(), i)))
+                            .map(move |(i, r)| (r.clone(), ((*n).clone(), i), e.expires_at))
                     })
                     .collect()
             };
             if !state.targets.contains_key(target) {
-                let worker = Worker::start(target.clone())
+                let worker = Worker::start(target.clone(), self.lease)
                     .await
                     .map_err(|e| ApiError::Invalid(ExperimentError::new("iface", e)))?;
                 state.targets.insert(
@@ -400,10 +409,17 @@ impl Manager {
             if !fresh.is_empty() {
                 ts.worker.reset(fresh).await.map_err(ApiError::Internal)?;
             }
-            let rules: Vec<Rule> = live.iter().map(|(r, _)| r.clone()).collect();
-            let slots: Vec<u32> = live.iter().map(|(_, k)| ts.slots[k]).collect();
-            let compiled = compile_with_slots(&rules, &slots)
+            let rules: Vec<Rule> = live.iter().map(|(r, _, _)| r.clone()).collect();
+            let slots: Vec<u32> = live.iter().map(|(_, k, _)| ts.slots[k]).collect();
+            let mut compiled = compile_with_slots(&rules, &slots)
                 .map_err(|e| ApiError::Invalid(ExperimentError::new("rules", e.to_string())))?;
+            // The program ends each experiment itself at its deadline, even if the daemon froze.
+            for (action, (_, _, expires)) in compiled.actions.iter_mut().zip(&live) {
+                if let Some(at) = expires {
+                    let left = at.saturating_duration_since(Instant::now());
+                    action.expires_ns = crate::host::monotonic_after(left);
+                }
+            }
             ts.worker
                 .apply(compiled, holds(&rules))
                 .await
@@ -412,15 +428,15 @@ impl Manager {
         Ok(())
     }
 
+    /// Arms the timer that deletes the experiment at its end (set when it started).
     fn start_clock(self: &Arc<Self>, state: &mut State, name: &str) {
         let Some(entry) = state.experiments.get_mut(name) else {
             return;
         };
-        if let Some(duration) = entry.experiment.duration {
-            entry.expires_at = Some(Instant::now() + duration);
+        if let Some(at) = entry.expires_at {
             let (me, name, epoch) = (self.clone(), name.to_owned(), entry.epoch);
             tokio::spawn(async move {
-                tokio::time::sleep(duration).await;
+                tokio::time::sleep_until(at.into()).await;
                 me.expire(&name, epoch).await;
             });
         }
@@ -440,6 +456,7 @@ impl Manager {
             return;
         };
         entry.started = true;
+        entry.expires_at = entry.experiment.duration.map(|d| Instant::now() + d);
         let touched = BTreeSet::from([entry.target()]);
         match self.sync(&mut state, &touched).await {
             Ok(()) => {

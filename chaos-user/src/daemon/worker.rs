@@ -5,7 +5,7 @@
 //! fq and the ifb are installed the first time a rule set needs them and stay until the worker
 //! stops, which is when the last experiment on the interface is gone.
 
-use std::{fmt, sync::mpsc, thread};
+use std::{fmt, sync::mpsc, thread, time::Duration};
 
 use chaos_common::RuleCounters;
 use tokio::sync::oneshot;
@@ -55,13 +55,14 @@ const GONE: &str = "the interface's worker stopped";
 
 impl Worker {
     /// Starts the thread: enters the namespace, loads the program and attaches it both ways.
-    pub async fn start(target: Target) -> Result<Self, String> {
+    /// The thread renews the program's lease every third of `lease`.
+    pub async fn start(target: Target, lease: Duration) -> Result<Self, String> {
         let (requests, incoming) = mpsc::channel();
         let (ready, started) = oneshot::channel();
         let name = format!("chaos-{}", target.iface);
         let thread = thread::Builder::new()
             .name(name)
-            .spawn(move || run(target, incoming, ready))
+            .spawn(move || run(target, lease, incoming, ready))
             .map_err(|e| format!("starting a worker thread: {e}"))?;
         match started.await {
             Ok(Ok(())) => Ok(Self {
@@ -128,6 +129,7 @@ fn join(thread: thread::JoinHandle<()>) {
 
 fn run(
     target: Target,
+    lease: Duration,
     incoming: mpsc::Receiver<Request>,
     ready: oneshot::Sender<Result<(), String>>,
 ) {
@@ -144,7 +146,15 @@ fn run(
     }
     info!(%target, "attached");
     let mut installed = Holds::default();
-    for request in incoming {
+    loop {
+        if let Err(e) = datapath.set_lease(lease) {
+            warn!(%target, "renewing the lease: {e}");
+        }
+        let request = match incoming.recv_timeout(lease / 3) {
+            Ok(request) => request,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         match request {
             Request::Apply(rules, holds, reply) => {
                 let result = apply(
