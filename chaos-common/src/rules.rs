@@ -84,7 +84,18 @@ pub struct GenSettings {
     pub src_any: [RuleMask; 2],
     /// Rules without a destination prefix, by `FAMILY_*`.
     pub dst_any: [RuleMask; 2],
+    /// Guard rails: TCP ports some rules must never fault (SSH, the Kubernetes API, the
+    /// daemon's own API), whatever else they match. Entries past `guard_count` are unused.
+    pub guard_ports: [u16; MAX_GUARD_PORTS],
+    /// Number of `guard_ports` in use.
+    pub guard_count: u32,
+    pub _pad: u32,
+    /// For each of `guard_ports`, the rules that may not match a TCP packet from or to it.
+    pub guard_rules: [RuleMask; MAX_GUARD_PORTS],
 }
+
+/// Most guarded TCP ports per rule set.
+pub const MAX_GUARD_PORTS: usize = 16;
 
 /// What a matched rule does, indexed by `generation * MAX_RULES + rule`.
 #[repr(C)]
@@ -195,6 +206,8 @@ mod pod {
 }
 
 const _: () = assert!(core::mem::size_of::<RuntimeConfig>() == 24);
-const _: () = assert!(core::mem::size_of::<GenSettings>() == 8 * 12);
+const _: () = assert!(
+    core::mem::size_of::<GenSettings>() == 8 * 12 + 2 * MAX_GUARD_PORTS + 8 + 8 * MAX_GUARD_PORTS
+);
 const _: () = assert!(core::mem::size_of::<RuleAction>() == 64);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);

@@ -7,10 +7,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use chaos_common::{
-    RuleAction, RuleCounters, RuntimeConfig,
+    GenSettings, RuleAction, RuleCounters, RuntimeConfig,
     rules::{
         ACTION_F_DELAY, ACTION_F_RATE, CONFIG_F_REVERSE_TCP_DELAY, DIR_EGRESS, DIR_INGRESS,
-        FAMILY_V4, FlowKey, LPM_GEN_BITS, MAX_RULES, PORTS, PROTO_TCP, RuleMask,
+        FAMILY_V4, FlowKey, LPM_GEN_BITS, MAX_GUARD_PORTS, MAX_RULES, PORTS, PROTO_TCP, RuleMask,
     },
 };
 
@@ -84,6 +84,9 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
             rules = narrow(rules, settings.sport_any, || {
                 port_rules(&CHAOS_SPORT_RULES, generation, sport)
             });
+            if flow.proto == PROTO_TCP {
+                rules &= !guarded_rules(settings, sport, dport);
+            }
         }
         None => rules &= settings.portless_rules,
     }
@@ -156,6 +159,24 @@ fn narrow(rules: RuleMask, any: RuleMask, lookup: impl FnOnce() -> RuleMask) -> 
         return rules;
     }
     rules & (lookup() | any)
+}
+
+/// Rules the guard rails keep off a TCP packet from or to one of the guarded ports. A short
+/// scan of a few ports in the settings entry the program already holds: no map lookup.
+#[inline(always)]
+fn guarded_rules(settings: &GenSettings, sport: u16, dport: u16) -> RuleMask {
+    let mut masked = 0;
+    let count = (settings.guard_count as usize).min(MAX_GUARD_PORTS);
+    for i in 0..MAX_GUARD_PORTS {
+        if i >= count {
+            break;
+        }
+        let port = settings.guard_ports[i];
+        if port == sport || port == dport {
+            masked |= settings.guard_rules[i];
+        }
+    }
+    masked
 }
 
 /// Rules constrained on this port number that accept it.

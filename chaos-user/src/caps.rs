@@ -26,6 +26,12 @@ pub const CAP_BPF: Capability = Capability {
     why: "to load BPF programs and create maps",
 };
 
+pub const CAP_PERFMON: Capability = Capability {
+    name: "CAP_PERFMON",
+    bit: 38,
+    why: "for the verifier to accept the program's packet and map pointer use",
+};
+
 /// The process's effective capability set, from /proc/self/status.
 pub fn effective() -> io::Result<u64> {
     let status = fs::read_to_string("/proc/self/status")?;
@@ -40,8 +46,8 @@ fn parse_cap_eff(status: &str) -> Option<u64> {
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
 }
 
-/// Capabilities `chaos run` needs that `effective` lacks. CAP_SYS_ADMIN stands in for CAP_BPF,
-/// as the kernel allows (and requires, before 5.8).
+/// Capabilities `chaos run` needs that `effective` lacks. CAP_SYS_ADMIN stands in for CAP_BPF
+/// and CAP_PERFMON, as the kernel allows (and requires, before 5.8).
 pub fn missing_for_run(effective: u64, enters_netns: bool) -> Vec<Capability> {
     let has = |c: Capability| effective & (1 << c.bit) != 0;
     let mut missing = Vec::new();
@@ -50,6 +56,10 @@ pub fn missing_for_run(effective: u64, enters_netns: bool) -> Vec<Capability> {
     }
     if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
         missing.push(CAP_BPF);
+    }
+    // Measured: with CAP_BPF alone the kernel refuses the program with EACCES.
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push(CAP_PERFMON);
     }
     if enters_netns && !has(CAP_SYS_ADMIN) {
         missing.push(CAP_SYS_ADMIN);
@@ -70,11 +80,15 @@ mod tests {
     #[test]
     fn names_what_is_missing() {
         assert!(missing_for_run(u64::MAX, true).is_empty());
-        assert_eq!(missing_for_run(0, false), vec![CAP_NET_ADMIN, CAP_BPF]);
         assert_eq!(
-            missing_for_run(1 << 12 | 1 << 39, true),
+            missing_for_run(0, false),
+            vec![CAP_NET_ADMIN, CAP_BPF, CAP_PERFMON]
+        );
+        assert_eq!(
+            missing_for_run(1 << 12 | 1 << 39 | 1 << 38, true),
             vec![CAP_SYS_ADMIN]
         );
+        assert_eq!(missing_for_run(1 << 12 | 1 << 39, false), vec![CAP_PERFMON]);
         assert!(missing_for_run(1 << 12 | 1 << 21, true).is_empty());
     }
 }

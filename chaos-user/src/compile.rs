@@ -36,6 +36,16 @@ pub struct CompiledRules {
     pub actions: Vec<RuleAction>,
 }
 
+impl CompiledRules {
+    /// Turns every fault off: the rules only count what they match (`--dry-run`).
+    pub fn count_only(&mut self) {
+        for a in &mut self.actions {
+            a.drop_prob = 0;
+            a.flags = 0;
+        }
+    }
+}
+
 /// Compiles `rules` in priority order: rule `i` gets bit `i` and counter slot `i`.
 pub fn compile(rules: &[Rule]) -> Result<CompiledRules, CompileError> {
     let slots: Vec<u32> = (0..rules.len() as u32).collect();

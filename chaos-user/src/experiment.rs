@@ -40,6 +40,13 @@ pub struct ExperimentSpec {
     /// Higher wins when experiments overlap on an interface (default 0).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
+    /// Only count what the rules match: no packet is dropped, delayed or paced.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dry_run: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn is_zero(p: &i32) -> bool {
@@ -191,6 +198,7 @@ mod tests {
             duration: None,
             start_delay: None,
             priority: 0,
+            dry_run: false,
         }
     }
 

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod dist;
 pub mod experiment;
+pub mod guard;
 pub mod host;
 pub mod netns;
 pub mod qdisc;

@@ -49,8 +49,8 @@ pub enum RuleError {
     Distribution(String),
     #[error("rate={0}: expected a positive rate such as 500kbit, 10mbit or 2gbit")]
     Rate(String),
-    #[error("reorder={0}: expected yes or no")]
-    Reorder(String),
+    #[error("{key}={value}: expected yes or no")]
+    YesNo { key: &'static str, value: String },
     #[error("{0} needs delay=...")]
     NeedsDelay(&'static str),
     #[error("dist needs jitter=...")]
@@ -165,6 +165,8 @@ pub struct Rule {
     pub rate: Option<Rate>,
     /// Let delayed packets be overtaken by later ones of the same flow (default: keep order).
     pub reorder: bool,
+    /// Allow matching ports the guard rails exclude (see `guard`).
+    pub force: bool,
 }
 
 impl Rule {
@@ -208,6 +210,7 @@ impl FromStr for Rule {
         let mut delay_p = None;
         let mut rate = None;
         let mut reorder = None;
+        let mut force = None;
         let mut any = false;
         for pair in text.split_whitespace() {
             any = true;
@@ -231,7 +234,8 @@ impl FromStr for Rule {
                     parse_probability("delay-p", value)?,
                 )?,
                 "rate" => set(&mut rate, "rate", parse_rate(value)?)?,
-                "reorder" => set(&mut reorder, "reorder", parse_yes_no(value)?)?,
+                "reorder" => set(&mut reorder, "reorder", parse_yes_no("reorder", value)?)?,
+                "force" => set(&mut force, "force", parse_yes_no("force", value)?)?,
                 other => return Err(RuleError::UnknownKey(other.to_owned())),
             }
         }
@@ -280,6 +284,7 @@ impl FromStr for Rule {
             delay,
             rate,
             reorder: reorder.unwrap_or(false),
+            force: force.unwrap_or(false),
         })
     }
 }
@@ -426,11 +431,14 @@ fn parse_rate(value: &str) -> Result<Rate, RuleError> {
     Ok(Rate(bits.round() as u64))
 }
 
-fn parse_yes_no(value: &str) -> Result<bool, RuleError> {
+fn parse_yes_no(key: &'static str, value: &str) -> Result<bool, RuleError> {
     match value {
         "yes" => Ok(true),
         "no" => Ok(false),
-        _ => Err(RuleError::Reorder(value.to_owned())),
+        _ => Err(RuleError::YesNo {
+            key,
+            value: value.to_owned(),
+        }),
     }
 }
 
@@ -603,7 +611,17 @@ mod tests {
             ("rate=10mbit/s", RuleError::Rate("10mbit/s".into())),
             (
                 "delay=5ms reorder=maybe",
-                RuleError::Reorder("maybe".into()),
+                RuleError::YesNo {
+                    key: "reorder",
+                    value: "maybe".into(),
+                },
+            ),
+            (
+                "force=1",
+                RuleError::YesNo {
+                    key: "force",
+                    value: "1".into(),
+                },
             ),
             ("jitter=5ms", RuleError::NeedsDelay("jitter")),
             ("delay-p=50%", RuleError::NeedsDelay("delay-p")),

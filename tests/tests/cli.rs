@@ -197,6 +197,14 @@ fn bad_input_is_refused_with_status_2() {
         ("drop=1.5", "drop=1.5: expected a probability"),
         ("drop=-3%", "drop=-3%: expected a probability"),
         ("colour=red drop=1", "unknown key 'colour'"),
+        (
+            "proto=tcp dport=22 drop=10%",
+            "dport=22: TCP port 22 (SSH) is excluded from faults; add force=yes",
+        ),
+        (
+            "sport=6443 drop=1",
+            "sport=6443: TCP port 6443 (Kubernetes API) is excluded",
+        ),
     ];
     for (rule, message) in cases {
         refused(&lab, &[], &with_rule(rule), message);
@@ -211,7 +219,14 @@ fn bad_input_is_refused_with_status_2() {
     refused(
         &lab,
         &[],
-        &["--netns", &lab.a, "--iface", "nosuch0", "--rule", "drop=1"],
+        &[
+            "--netns",
+            &lab.a,
+            "--iface",
+            "nosuch0",
+            "--rule",
+            "proto=udp drop=1",
+        ],
         "interface 'nosuch0' not found in network namespace",
     );
     refused(
@@ -223,7 +238,7 @@ fn bad_input_is_refused_with_status_2() {
             "--iface",
             IFACE,
             "--rule",
-            "drop=1",
+            "proto=udp drop=1",
         ],
         "network namespace 'chaos-no-such-netns' not found",
     );
@@ -231,11 +246,12 @@ fn bad_input_is_refused_with_status_2() {
         ("-net_admin", "missing capability CAP_NET_ADMIN"),
         ("-bpf,-sys_admin", "missing capability CAP_BPF"),
         ("-sys_admin", "missing capability CAP_SYS_ADMIN"),
+        ("-perfmon,-sys_admin", "missing capability CAP_PERFMON"),
     ] {
         refused(
             &lab,
             &["setpriv", "--bounding-set", drop, "--"],
-            &with_rule("drop=1"),
+            &with_rule("proto=udp drop=1"),
             cap,
         );
     }
@@ -315,4 +331,98 @@ fn delay_needs_fq() {
         refused(&lab, &[], &args, "this kernel has no fq qdisc (sch_fq");
     }
     assert_eq!(tc_state(&lab.a), before, "root qdisc as found");
+}
+
+#[test]
+fn guard_rails_can_be_overridden_explicitly() {
+    let lab = Lab::new("guard");
+    let base = [
+        "--netns",
+        lab.a.as_str(),
+        "--iface",
+        IFACE,
+        "--duration",
+        "1s",
+    ];
+    for extra in [
+        &["--rule", "proto=tcp dport=22 drop=1 force=yes"][..],
+        &[
+            "--rule",
+            "proto=tcp dport=22 drop=1",
+            "--exclude-ports",
+            "2222",
+        ],
+        &["--rule", "drop=1 force=yes", "--dry-run"],
+    ] {
+        let exit = chaos_output(&[&["run"], &base[..], extra].concat());
+        assert_eq!(exit.code, Some(0), "{extra:?}: {}", exit.stderr);
+    }
+}
+
+/// Whether a TCP connection from `client` to `addr` opens within a second.
+fn tcp_connects(client: &str, addr: std::net::SocketAddr) -> bool {
+    in_netns(client, move || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+    })
+}
+
+#[test]
+fn excluded_ports_are_never_faulted_by_a_host_wide_rule() {
+    let lab = Lab::new("guardlive");
+    let ssh: std::net::SocketAddr = (netlab::SERVER_V4, 22).into();
+    let web: std::net::SocketAddr = (netlab::SERVER_V4, 8080).into();
+    let listeners = in_netns(&lab.b, move || {
+        [ssh, web].map(|a| std::net::TcpListener::bind(a).unwrap())
+    });
+    for rule in [
+        "dst=198.18.0.2/32 drop=100%",
+        "dst=198.18.0.2/32 drop=100% force=yes",
+    ] {
+        let chaos = ChaosProcess::start(&[
+            "--netns", &lab.a, "--iface", IFACE, "--rule", rule, "--lease", "30s",
+        ]);
+        let forced = rule.contains("force");
+        assert_eq!(tcp_connects(&lab.a, ssh), !forced, "{rule}: TCP to port 22");
+        assert!(
+            !tcp_connects(&lab.a, web),
+            "{rule}: TCP to port 8080 is lost"
+        );
+        let exit = chaos.stop(libc::SIGTERM);
+        assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    }
+    drop(listeners);
+}
+
+/// CAP_NET_ADMIN, CAP_BPF and CAP_PERFMON are enough (no CAP_SYS_ADMIN) when chaos need not
+/// enter a namespace itself: the datagrams of the rule are lost, the others arrive.
+#[test]
+fn runs_without_sys_admin() {
+    let lab = Lab::new("caps");
+    let dst: std::net::SocketAddr = (netlab::SERVER_V4, 9000).into();
+    let rx = netlab::UdpCounter::start(&lab.b, dst);
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &lab.a])
+        .args([
+            "setpriv",
+            "--bounding-set",
+            "-all,+net_admin,+bpf,+perfmon",
+            "--",
+        ])
+        .arg(chaos_bin())
+        .args(["run", "--iface", IFACE, "--duration", "3s"])
+        .args(["--rule", "proto=udp dport=9000 drop=100%"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    assert!(line.contains("injecting"), "{line}");
+    assert_eq!(netlab::udp_send(&lab.a, dst, 100, 32), 0);
+    let (received, _) = rx.finish();
+    assert_eq!(received, 0, "every datagram of the rule lost");
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(status.success(), "{status}: {rest}");
 }

@@ -572,3 +572,97 @@ fn completions_and_man_pages() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn guard_rails_dry_run_and_the_duration_cap() {
+    let lab = Lab::new("dguard");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("chaos-guard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "0123456789abcdef0123").unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let d = Daemon::start(&[
+        "--max-duration",
+        "10s",
+        "--listen",
+        &listen,
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
+    let refused = |body: Value, field: &str, says: &str| match call(
+        &d,
+        Method::POST,
+        "/v1/experiments",
+        Some(body.clone()),
+    ) {
+        Err(ClientError::Refused {
+            status,
+            field: f,
+            message,
+        }) => {
+            assert_eq!(
+                (status.as_u16(), f.as_str()),
+                (422, field),
+                "{body}: {message}"
+            );
+            assert!(message.contains(says), "{body}: {message}");
+        }
+        other => panic!("{body}: expected 422, got {other:?}"),
+    };
+    refused(
+        experiment("ssh", &lab.a, &["proto=tcp dport=22 drop=1%"]),
+        "rules[0]",
+        "port 22 (SSH)",
+    );
+    let api_rule = format!("proto=tcp dport={port} drop=1% force=yes");
+    refused(
+        experiment("api", &lab.a, &[&api_rule]),
+        "rules[0]",
+        "the chaos daemon's API listens",
+    );
+    let mut long = experiment("long", &lab.a, &["proto=udp drop=1%"]);
+    long["duration"] = json!("1m");
+    refused(long, "duration", "--max-duration");
+    // Overridden explicitly: accepted.
+    call(
+        &d,
+        Method::POST,
+        "/v1/experiments",
+        Some(experiment(
+            "ssh",
+            &lab.a,
+            &["proto=tcp dport=22 drop=1% force=yes"],
+        )),
+    )
+    .unwrap();
+    // No duration: the cap applies.
+    let capped = call(&d, Method::GET, "/v1/experiments/ssh", None).unwrap();
+    assert!(
+        capped["expires_in_seconds"].as_f64().unwrap() <= 10.0,
+        "{capped}"
+    );
+    // A dry run counts and touches nothing.
+    let mut dry = experiment("dry", &lab.a, &["proto=udp dport=9000 drop=100%"]);
+    dry["dry_run"] = json!(true);
+    call(&d, Method::POST, "/v1/experiments", Some(dry)).unwrap();
+    assert_eq!(
+        delivered(&lab, (SERVER_V4, 9000).into(), 300),
+        300,
+        "a dry run drops nothing"
+    );
+    let view = call(&d, Method::GET, "/v1/experiments/dry", None).unwrap();
+    assert_eq!(
+        (
+            counter(&view, 0, "matched_packets"),
+            counter(&view, 0, "dropped_packets")
+        ),
+        (300, 0)
+    );
+    assert_eq!(d.stop().code, Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -193,7 +193,7 @@ fn ping_sees_the_configured_loss() {
         "--iface",
         IFACE,
         "--rule",
-        "proto=any dst=198.18.0.2/32 drop=30%",
+        "proto=any dst=198.18.0.2/32 drop=30% force=yes",
         "--output",
         "json",
     ]);

@@ -5,6 +5,7 @@ use chaos_common::RuleCounters;
 use chaos_user::{
     compile::compile,
     datapath::Datapath,
+    guard::{DEFAULT_EXCLUDED_PORTS, Guard},
     rule::{Direction, Rule},
 };
 use netlab::assert_binomial;
@@ -390,6 +391,40 @@ fn icmp_matches_only_portless_rules() {
     assert_eq!(h.egress(&icmp), PASS);
     let mut h = Harness::new(&["proto=any dst=198.18.0.2/32 drop=1"]);
     assert_eq!(h.egress(&icmp), DROP);
+}
+
+fn tcp4(sport: u16, dport: u16) -> Vec<u8> {
+    [
+        eth(0x0800),
+        ipv4(IPPROTO_TCP, V4_CLIENT, V4_SERVER, &[], 0, &l4(sport, dport)),
+    ]
+    .concat()
+}
+
+#[test]
+fn guarded_ports_are_kept_out_of_rules_without_force() {
+    let texts = [
+        "proto=tcp dport=22 drop=1 force=yes",
+        "dst=198.18.0.2/32 drop=1",
+    ];
+    let rules: Vec<Rule> = texts.iter().map(|r| r.parse().unwrap()).collect();
+    let mut compiled = compile(&rules).unwrap();
+    Guard::new(&DEFAULT_EXCLUDED_PORTS, &[7070])
+        .unwrap()
+        .apply(&rules, &mut compiled);
+    let mut h = Harness::new(&[]);
+    h.datapath.apply(&compiled).unwrap();
+    h.rules = 2;
+    // Rule 0 may fault SSH (force=yes); rule 1, for everything to the host, leaves the
+    // excluded and the protected ports alone, either way round, and only on TCP.
+    assert_eq!(h.egress(&tcp4(40000, 22)), DROP);
+    assert_eq!(h.egress(&tcp4(6443, 40000)), PASS);
+    assert_eq!(h.egress(&tcp4(40000, 10250)), PASS);
+    assert_eq!(h.egress(&tcp4(7070, 40000)), PASS);
+    assert_eq!(h.egress(&tcp4(40000, 8080)), DROP);
+    assert_eq!(h.egress(&udp4(V4_SERVER, 6443)), DROP);
+    let c = h.counters();
+    assert_eq!((c[0].matched_pkts, c[1].matched_pkts), (1, 2));
 }
 
 #[test]

@@ -104,6 +104,19 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
             leftovers.join(", ")
         );
     }
+    step("checking that no filter, qdisc or ifb of chaos's is left in any namespace");
+    let out = Command::new(&env.chaos_bin)
+        .args(["cleanup", "--all-netns", "--output", "json"])
+        .output()
+        .context("running chaos cleanup")?;
+    let removed = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || removed.trim() != "[]" {
+        bail!(
+            "tests left chaos state behind (now removed): {} {}",
+            removed.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
     Ok(())
 }
 

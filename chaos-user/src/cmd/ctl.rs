@@ -92,6 +92,10 @@ pub struct ApplyArgs {
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i32,
 
+    /// Only count what the rules match.
+    #[arg(long)]
+    pub dry_run: bool,
+
     #[command(flatten)]
     pub conn: Conn,
 }
@@ -180,6 +184,7 @@ async fn apply(args: ApplyArgs) -> Result<()> {
             duration: args.duration.clone(),
             start_delay: args.start_delay.clone(),
             priority: args.priority,
+            dry_run: args.dry_run,
         }],
     };
     let client = Client::new(&args.conn.socket);

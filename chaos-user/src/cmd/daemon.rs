@@ -17,9 +17,10 @@ use crate::{
     InputError, caps,
     daemon::{
         api,
-        state::{ApiError, Manager},
+        state::{ApiError, Manager, Policy},
     },
     experiment::{ExperimentFile, ExperimentSpec},
+    guard::Guard,
 };
 
 /// Where the API listens unless told otherwise.
@@ -45,6 +46,14 @@ pub struct DaemonArgs {
     /// applied. SIGHUP reloads it; a bad file leaves the running set untouched.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// TCP ports no rule faults unless it says force=yes (SSH, Kubernetes API, kubelet); up to 16.
+    #[arg(long, value_name = "PORTS", value_delimiter = ',', default_values_t = crate::guard::DEFAULT_EXCLUDED_PORTS)]
+    pub exclude_ports: Vec<u16>,
+
+    /// Longest experiment allowed; experiments without a duration end after this.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_duration: std::time::Duration,
 
     /// The program stops injecting when the daemon has not renewed this lease in time (every
     /// third of it): faults never outlive a killed or frozen daemon.
@@ -105,17 +114,21 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         }
         None => None,
     };
+    // The daemon's own API traffic is never faulted.
+    let api_ports: Vec<u16> = args.listen.iter().map(SocketAddr::port).collect();
+    let guard = Guard::new(&args.exclude_ports, &api_ports).map_err(InputError)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(args, initial, token))
+    runtime.block_on(serve(args, initial, token, guard))
 }
 
 async fn serve(
     args: DaemonArgs,
     initial: Option<Vec<ExperimentSpec>>,
     token: Option<String>,
+    guard: Guard,
 ) -> Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -129,7 +142,11 @@ async fn serve(
         }
         Err(e) => error!("looking for leftovers of an earlier chaos: {e}"),
     }
-    let manager = Manager::new(args.lease);
+    let manager = Manager::new(Policy {
+        lease: args.lease,
+        guard,
+        max_duration: args.max_duration,
+    });
     if let Some(specs) = initial
         && let Err(e) = manager.replace_config(specs).await
     {

@@ -13,6 +13,7 @@ use crate::{
     InputError, caps,
     compile::{CompiledRules, Holds, compile, holds},
     datapath::{AttachMode, Datapath, is_permission_error},
+    guard::{self, Guard},
     host, netns,
     report::{RuleReport, json_lines, table},
     rule::{Direction, Rule},
@@ -55,6 +56,14 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t)]
     pub attach: AttachMode,
 
+    /// TCP ports no rule faults unless it says force=yes (SSH, Kubernetes API, kubelet); up to 16.
+    #[arg(long, value_name = "PORTS", value_delimiter = ',', default_values_t = guard::DEFAULT_EXCLUDED_PORTS)]
+    pub exclude_ports: Vec<u16>,
+
+    /// Only count what the rules match: no packet is dropped, delayed or paced.
+    #[arg(long)]
+    pub dry_run: bool,
+
     /// The program stops injecting when chaos has not renewed this lease in time (it renews it
     /// every third of it): faults never outlive a killed or frozen chaos.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
@@ -69,14 +78,22 @@ RULE is space-separated key=value pairs:
   sport=N | sport=N-M    source port or range
   dst=CIDR  src=CIDR     IPv4 or IPv6 prefix; a bare address means that host
   drop=P                 share of wire packets lost: 0..1 or a percentage (30%)
+  delay=D jitter=D dist=uniform|normal|pareto|paretonormal delay-p=P
+                         added latency (EDT + fq), its spread, the share delayed
+  rate=R                 pace the rule's traffic: 500kbit, 10mbit, 2gbit
+  reorder=yes            let jittered packets overtake earlier ones of their flow
+  force=yes              allow matching an excluded TCP port (--exclude-ports)
 
 Example:
   chaos run --iface veth0 --rule 'proto=udp dport=9000 dst=198.18.0.2/32 drop=30%' --duration 10s
 
 Loss is silent as on a wire: senders are not told. A TCP super-packet (GSO) is lost whole,
 with probability P, so TCP bulk traffic loses the share P of its segments in bursts.
-Needs CAP_NET_ADMIN and CAP_BPF (and CAP_SYS_ADMIN with --netns). Exit status 2 means bad
-input or an unfit environment; nothing was attached.";
+Guard rails: TCP to or from the excluded ports (--exclude-ports, by default 22 SSH, 6443
+Kubernetes API, 10250 kubelet) is never faulted unless the rule says force=yes; a rule that
+names only excluded ports is refused.
+Needs CAP_NET_ADMIN, CAP_BPF and CAP_PERFMON (and CAP_SYS_ADMIN with --netns). Exit status 2
+means bad input or an unfit environment; nothing was attached.";
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 10s, 5m, 1h)"))?;
@@ -104,14 +121,28 @@ fn plan(args: &RunArgs) -> Result<Plan, InputError> {
                 .map_err(|e| InputError(format!("--rule '{text}': {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let compiled = compile(&rules).map_err(|e| InputError(e.to_string()))?;
+    let guard = Guard::new(&args.exclude_ports, &[]).map_err(InputError)?;
+    for (rule, text) in rules.iter().zip(&args.rules) {
+        guard
+            .check(rule)
+            .map_err(|e| InputError(format!("--rule '{text}': {e}")))?;
+    }
+    let mut compiled = compile(&rules).map_err(|e| InputError(e.to_string()))?;
+    guard.apply(&rules, &mut compiled);
+    if args.dry_run {
+        compiled.count_only();
+    }
     let mut directions: Vec<Direction> = Vec::new();
     for rule in &rules {
         if !directions.contains(&rule.direction) {
             directions.push(rule.direction);
         }
     }
-    let holds = holds(&rules);
+    let holds = if args.dry_run {
+        Holds::default()
+    } else {
+        holds(&rules)
+    };
     if holds.reverse_tcp_delay && !directions.contains(&Direction::Ingress) {
         directions.push(Direction::Ingress);
     }
@@ -351,6 +382,8 @@ mod tests {
             output: Output::Text,
             attach: AttachMode::Auto,
             lease: Duration::from_secs(3),
+            exclude_ports: guard::DEFAULT_EXCLUDED_PORTS.to_vec(),
+            dry_run: false,
         }
     }
 

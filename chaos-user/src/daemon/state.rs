@@ -19,6 +19,7 @@ use super::worker::{Target, Worker};
 use crate::{
     compile::{compile_with_slots, holds},
     experiment::{Experiment, ExperimentError, ExperimentSpec, MAX_EXPERIMENTS},
+    guard::Guard,
     report::RuleReport,
     rule::Rule,
 };
@@ -115,18 +116,62 @@ pub struct StatusView {
     pub interfaces: Vec<String>,
 }
 
+/// One rule of a started experiment, as it goes into an interface's rule set.
+struct LiveRule {
+    rule: Rule,
+    /// The experiment's name and the rule's index in it: what its counter slot follows.
+    key: (String, usize),
+    expires_at: Option<Instant>,
+    dry_run: bool,
+}
+
+/// What the daemon allows.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// The program's lease on each interface (see `RuntimeConfig::lease_until_ns`).
+    pub lease: Duration,
+    /// Guarded TCP ports: the excluded ones, and the daemon's own API.
+    pub guard: Guard,
+    /// Longest experiment; one without a duration ends after this.
+    pub max_duration: Duration,
+}
+
 pub struct Manager {
     state: Mutex<State>,
-    /// The program's lease on each interface (see `RuntimeConfig::lease_until_ns`).
-    lease: Duration,
+    policy: Policy,
 }
 
 impl Manager {
-    pub fn new(lease: Duration) -> Arc<Self> {
+    pub fn new(policy: Policy) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State::default()),
-            lease,
+            policy,
         })
+    }
+
+    /// Validates `spec` and applies the daemon's policy: guard rails and the duration cap.
+    fn admit(&self, spec: ExperimentSpec) -> Result<Experiment, ExperimentError> {
+        let mut experiment = Experiment::try_from(spec)?;
+        for (i, rule) in experiment.rules.iter().enumerate() {
+            self.policy
+                .guard
+                .check(rule)
+                .map_err(|e| ExperimentError::new(format!("rules[{i}]"), e))?;
+        }
+        match experiment.duration {
+            Some(d) if d > self.policy.max_duration => {
+                return Err(ExperimentError::new(
+                    "duration",
+                    format!(
+                        "longer than the daemon allows ({}, --max-duration)",
+                        humantime::format_duration(self.policy.max_duration)
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => experiment.duration = Some(self.policy.max_duration),
+        }
+        Ok(experiment)
     }
 
     /// Creates `spec` (or replaces it, with `replace`). Returns whether it was created.
@@ -136,7 +181,7 @@ impl Manager {
         source: Source,
         replace: bool,
     ) -> Result<bool, ApiError> {
-        let experiment = Experiment::try_from(spec).map_err(ApiError::Invalid)?;
+        let experiment = self.admit(spec).map_err(ApiError::Invalid)?;
         let mut state = self.state.lock().await;
         let name = experiment.spec.name.clone();
         let old = state.experiments.get(&name);
@@ -211,7 +256,7 @@ impl Manager {
         // Validate all before touching anything: a bad file leaves the running set alone.
         let valid = experiments
             .into_iter()
-            .map(Experiment::try_from)
+            .map(|spec| self.admit(spec))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ApiError::Invalid)?;
         let mut state = self.state.lock().await;
@@ -365,7 +410,7 @@ impl Manager {
                     ),
                 )));
             }
-            let live: Vec<(Rule, (String, usize), Option<Instant>)> = if state.paused {
+            let live: Vec<LiveRule> = if state.paused {
                 Vec::new()
             } else {
                 on_target
@@ -376,12 +421,17 @@ impl Manager {
                             .rules
                             .iter()
                             .enumerate()
-                            .map(move |(i, r)| (r.clone(), ((*n).clone(), i), e.expires_at))
+                            .map(move |(i, r)| LiveRule {
+                                rule: r.clone(),
+                                key: ((*n).clone(), i),
+                                expires_at: e.expires_at,
+                                dry_run: e.experiment.spec.dry_run,
+                            })
                     })
                     .collect()
             };
             if !state.targets.contains_key(target) {
-                let worker = Worker::start(target.clone(), self.lease)
+                let worker = Worker::start(target.clone(), self.policy.lease)
                     .await
                     .map_err(|e| ApiError::Invalid(ExperimentError::new("iface", e)))?;
                 state.targets.insert(
@@ -409,19 +459,30 @@ impl Manager {
             if !fresh.is_empty() {
                 ts.worker.reset(fresh).await.map_err(ApiError::Internal)?;
             }
-            let rules: Vec<Rule> = live.iter().map(|(r, _, _)| r.clone()).collect();
-            let slots: Vec<u32> = live.iter().map(|(_, k, _)| ts.slots[k]).collect();
+            let rules: Vec<Rule> = live.iter().map(|l| l.rule.clone()).collect();
+            let slots: Vec<u32> = live.iter().map(|l| ts.slots[&l.key]).collect();
+            // Dry-run rules count but hold nothing: no fq or ifb for them.
+            let faulting: Vec<Rule> = live
+                .iter()
+                .filter(|l| !l.dry_run)
+                .map(|l| l.rule.clone())
+                .collect();
             let mut compiled = compile_with_slots(&rules, &slots)
                 .map_err(|e| ApiError::Invalid(ExperimentError::new("rules", e.to_string())))?;
+            self.policy.guard.apply(&rules, &mut compiled);
             // The program ends each experiment itself at its deadline, even if the daemon froze.
-            for (action, (_, _, expires)) in compiled.actions.iter_mut().zip(&live) {
-                if let Some(at) = expires {
+            for (action, l) in compiled.actions.iter_mut().zip(&live) {
+                if let Some(at) = l.expires_at {
                     let left = at.saturating_duration_since(Instant::now());
                     action.expires_ns = crate::host::monotonic_after(left);
                 }
+                if l.dry_run {
+                    action.drop_prob = 0;
+                    action.flags = 0;
+                }
             }
             ts.worker
-                .apply(compiled, holds(&rules))
+                .apply(compiled, holds(&faulting))
                 .await
                 .map_err(|e| ApiError::Invalid(ExperimentError::new("rules", e)))?;
         }
