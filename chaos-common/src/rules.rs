@@ -89,10 +89,23 @@ pub struct GenSettings {
     pub guard_ports: [u16; MAX_GUARD_PORTS],
     /// Number of `guard_ports` in use.
     pub guard_count: u32,
-    pub _pad: u32,
+    /// `LOOKUP_*` bits: which address tables hold entries of this generation, so the program
+    /// skips lookups that cannot find anything.
+    pub lookups: u32,
     /// For each of `guard_ports`, the rules that may not match a TCP packet from or to it.
     pub guard_rules: [RuleMask; MAX_GUARD_PORTS],
 }
+
+/// Host (/32) source prefixes are in `CHAOS_SRC4_HOSTS`.
+pub const LOOKUP_SRC4_HOSTS: u32 = 1 << 0;
+/// Shorter source prefixes are in the `CHAOS_SRC4_RULES` trie.
+pub const LOOKUP_SRC4_NETS: u32 = 1 << 1;
+pub const LOOKUP_DST4_HOSTS: u32 = 1 << 2;
+pub const LOOKUP_DST4_NETS: u32 = 1 << 3;
+pub const LOOKUP_SRC6_HOSTS: u32 = 1 << 4;
+pub const LOOKUP_SRC6_NETS: u32 = 1 << 5;
+pub const LOOKUP_DST6_HOSTS: u32 = 1 << 6;
+pub const LOOKUP_DST6_NETS: u32 = 1 << 7;
 
 /// Most guarded TCP ports per rule set.
 pub const MAX_GUARD_PORTS: usize = 16;
@@ -185,11 +198,24 @@ pub type Ipv4LpmData = [u8; 5];
 /// Key data of the IPv6 prefix trie: the generation byte, then the address in network order.
 pub type Ipv6LpmData = [u8; 17];
 
+/// Key of the IPv4 host tables: the generation byte, then the address in network order.
+///
+/// A prefix as long as the address (a /32 or /128: one host) goes to a hash table instead of
+/// the trie: one hashed lookup whatever the number of hosts, where a trie walk grows with the
+/// entries beside the address. Its value, like a trie entry's, carries every rule whose prefix
+/// contains the host, so a hit needs no trie walk.
+pub type Ipv4HostKey = [u8; 5];
+
+/// Key of the IPv6 host tables.
+pub type Ipv6HostKey = [u8; 17];
+
 /// Bits of the generation byte at the head of every prefix key.
 pub const LPM_GEN_BITS: u32 = 8;
 
-/// Most prefixes each trie holds, over both generations.
-pub const MAX_PREFIXES: u32 = 4 * MAX_RULES;
+/// Most prefixes each trie holds, over both generations. A rule has one prefix per field
+/// today; the room is for the bench's scale runs (up to 60,000 prefixes in one generation) and
+/// for prefix lists. LPM tries allocate per entry, so the limit costs nothing until used.
+pub const MAX_PREFIXES: u32 = 2 * 65536;
 
 #[cfg(feature = "user")]
 mod pod {

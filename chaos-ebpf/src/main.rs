@@ -20,6 +20,14 @@ pub fn chaos_egress(ctx: TcContext) -> i32 {
     verdict::classify(&ctx, DIR_EGRESS)
 }
 
+/// Does nothing: the baseline `cargo xtask bench` measures chaos's cost against, loaded from the
+/// same object so both run under the same kernel, JIT and test harness. chaos never attaches it.
+#[classifier]
+pub fn chaos_noop(_ctx: TcContext) -> i32 {
+    // TC_ACT_UNSPEC, as chaos's own "no decision".
+    -1
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

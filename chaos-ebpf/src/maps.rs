@@ -2,14 +2,16 @@
 //! shows whose they are; the loader looks them up by these names.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use chaos_common::{
     GenSettings, RuleAction, RuleCounters, RuntimeConfig,
     rules::{
-        DIST_TABLE_SIZE, DIST_TABLES, FlowKey, GENERATIONS, Ipv4LpmData, Ipv6LpmData, MAX_FLOWS,
-        MAX_PREFIXES, MAX_REVERSE_FLOWS, MAX_RULES, PORTS, RateState, RuleMask,
+        DIST_TABLE_SIZE, DIST_TABLES, FlowKey, GENERATIONS, Ipv4HostKey, Ipv4LpmData, Ipv6HostKey,
+        Ipv6LpmData, MAX_FLOWS, MAX_PREFIXES, MAX_REVERSE_FLOWS, MAX_RULES, PORTS, RateState,
+        RuleMask,
     },
 };
 
@@ -48,6 +50,27 @@ pub static CHAOS_SRC6_RULES: LpmTrie<Ipv6LpmData, RuleMask> =
 #[map]
 pub static CHAOS_DST6_RULES: LpmTrie<Ipv6LpmData, RuleMask> =
     LpmTrie::with_max_entries(MAX_PREFIXES, 0);
+
+/// IPv4 source hosts (/32 prefixes), by generation and address: the same values as the trie
+/// would hold. Allocated per entry, like the tries.
+#[map]
+pub static CHAOS_SRC4_HOSTS: HashMap<Ipv4HostKey, RuleMask> =
+    HashMap::with_max_entries(MAX_PREFIXES, BPF_F_NO_PREALLOC);
+
+/// IPv4 destination hosts.
+#[map]
+pub static CHAOS_DST4_HOSTS: HashMap<Ipv4HostKey, RuleMask> =
+    HashMap::with_max_entries(MAX_PREFIXES, BPF_F_NO_PREALLOC);
+
+/// IPv6 source hosts (/128 prefixes).
+#[map]
+pub static CHAOS_SRC6_HOSTS: HashMap<Ipv6HostKey, RuleMask> =
+    HashMap::with_max_entries(MAX_PREFIXES, BPF_F_NO_PREALLOC);
+
+/// IPv6 destination hosts.
+#[map]
+pub static CHAOS_DST6_HOSTS: HashMap<Ipv6HostKey, RuleMask> =
+    HashMap::with_max_entries(MAX_PREFIXES, BPF_F_NO_PREALLOC);
 
 /// What each rule does: `gen * MAX_RULES + rule`.
 #[map]

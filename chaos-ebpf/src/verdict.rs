@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     bindings::TC_ACT_REDIRECT,
-    helpers::{bpf_ktime_get_ns, bpf_redirect},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_redirect},
     maps::{Array, lpm_trie::Key},
     programs::TcContext,
 };
@@ -10,16 +10,18 @@ use chaos_common::{
     GenSettings, RuleAction, RuleCounters, RuntimeConfig,
     rules::{
         ACTION_F_DELAY, ACTION_F_RATE, CONFIG_F_REVERSE_TCP_DELAY, DIR_EGRESS, DIR_INGRESS,
-        FAMILY_V4, FlowKey, LPM_GEN_BITS, MAX_GUARD_PORTS, MAX_RULES, PORTS, PROTO_TCP, RuleMask,
+        FAMILY_V4, FlowKey, LOOKUP_DST4_HOSTS, LOOKUP_DST4_NETS, LOOKUP_DST6_HOSTS,
+        LOOKUP_DST6_NETS, LOOKUP_SRC4_HOSTS, LOOKUP_SRC4_NETS, LOOKUP_SRC6_HOSTS, LOOKUP_SRC6_NETS,
+        LPM_GEN_BITS, MAX_GUARD_PORTS, MAX_RULES, PORTS, PROTO_TCP, RuleMask,
     },
 };
 
 use crate::{
     edt::{Departure, roll, schedule},
     maps::{
-        CHAOS_ACTIONS, CHAOS_CONFIG, CHAOS_COUNTERS, CHAOS_DPORT_RULES, CHAOS_DST4_RULES,
-        CHAOS_DST6_RULES, CHAOS_REVERSE_DELAY, CHAOS_SETTINGS, CHAOS_SPORT_RULES, CHAOS_SRC4_RULES,
-        CHAOS_SRC6_RULES,
+        CHAOS_ACTIONS, CHAOS_CONFIG, CHAOS_COUNTERS, CHAOS_DPORT_RULES, CHAOS_DST4_HOSTS,
+        CHAOS_DST4_RULES, CHAOS_DST6_HOSTS, CHAOS_DST6_RULES, CHAOS_REVERSE_DELAY, CHAOS_SETTINGS,
+        CHAOS_SPORT_RULES, CHAOS_SRC4_HOSTS, CHAOS_SRC4_RULES, CHAOS_SRC6_HOSTS, CHAOS_SRC6_RULES,
     },
     parse::{Flow, parse},
 };
@@ -54,12 +56,6 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
     if rules == 0 && !reverse {
         return None;
     }
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // The controller's lease ran out: it died or froze. Pass everything until it is back.
-    if config.lease_until_ns != 0 && now > config.lease_until_ns {
-        return None;
-    }
     pull_headers(ctx);
     let flow = parse(ctx)?;
     if reverse && flow.proto == PROTO_TCP {
@@ -70,6 +66,10 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
             // An entry from an earlier rule set is stale: the loader clears those after a flip.
             if index / MAX_RULES == generation {
                 let action = CHAOS_ACTIONS.get(index)?;
+                // SAFETY: plain helper call.
+                if lease_expired(config, unsafe { bpf_ktime_get_coarse_ns() }) {
+                    return None;
+                }
                 return Some(delay_returning(ctx, &flow, action, config));
             }
         }
@@ -95,34 +95,77 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
     let key_gen = generation as u8;
     let family = flow.family;
     let (src_any, dst_any) = (settings.src_any[family & 1], settings.dst_any[family & 1]);
+    let lookups = settings.lookups;
     if family == FAMILY_V4 {
+        let (src, dst) = (v4_data(key_gen, &flow.src), v4_data(key_gen, &flow.dst));
         rules = narrow(rules, src_any, || {
-            CHAOS_SRC4_RULES
-                .get(v4_key(key_gen, &flow.src))
-                .copied()
-                .unwrap_or(src_any)
+            addr_rules(
+                lookups & LOOKUP_SRC4_HOSTS != 0,
+                // SAFETY: the value is copied out at once.
+                || unsafe { CHAOS_SRC4_HOSTS.get(&src) }.copied(),
+                lookups & LOOKUP_SRC4_NETS != 0,
+                || {
+                    CHAOS_SRC4_RULES
+                        .get(Key::new(LPM_GEN_BITS + 32, src))
+                        .copied()
+                },
+                src_any,
+            )
         });
         rules = narrow(rules, dst_any, || {
-            CHAOS_DST4_RULES
-                .get(v4_key(key_gen, &flow.dst))
-                .copied()
-                .unwrap_or(dst_any)
+            addr_rules(
+                lookups & LOOKUP_DST4_HOSTS != 0,
+                // SAFETY: the value is copied out at once.
+                || unsafe { CHAOS_DST4_HOSTS.get(&dst) }.copied(),
+                lookups & LOOKUP_DST4_NETS != 0,
+                || {
+                    CHAOS_DST4_RULES
+                        .get(Key::new(LPM_GEN_BITS + 32, dst))
+                        .copied()
+                },
+                dst_any,
+            )
         });
     } else {
+        let (src, dst) = (v6_data(key_gen, &flow.src), v6_data(key_gen, &flow.dst));
         rules = narrow(rules, src_any, || {
-            CHAOS_SRC6_RULES
-                .get(v6_key(key_gen, &flow.src))
-                .copied()
-                .unwrap_or(src_any)
+            addr_rules(
+                lookups & LOOKUP_SRC6_HOSTS != 0,
+                // SAFETY: the value is copied out at once.
+                || unsafe { CHAOS_SRC6_HOSTS.get(&src) }.copied(),
+                lookups & LOOKUP_SRC6_NETS != 0,
+                || {
+                    CHAOS_SRC6_RULES
+                        .get(Key::new(LPM_GEN_BITS + 128, src))
+                        .copied()
+                },
+                src_any,
+            )
         });
         rules = narrow(rules, dst_any, || {
-            CHAOS_DST6_RULES
-                .get(v6_key(key_gen, &flow.dst))
-                .copied()
-                .unwrap_or(dst_any)
+            addr_rules(
+                lookups & LOOKUP_DST6_HOSTS != 0,
+                // SAFETY: the value is copied out at once.
+                || unsafe { CHAOS_DST6_HOSTS.get(&dst) }.copied(),
+                lookups & LOOKUP_DST6_NETS != 0,
+                || {
+                    CHAOS_DST6_RULES
+                        .get(Key::new(LPM_GEN_BITS + 128, dst))
+                        .copied()
+                },
+                dst_any,
+            )
         });
     }
     if rules == 0 {
+        return None;
+    }
+    // The clock is read only once a rule matched: traffic no rule wants pays nothing for it.
+    // Leases and experiment ends are seconds long, so the coarse clock (CLOCK_MONOTONIC at
+    // tick resolution, no clock-source read) serves; departure times use the precise one.
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if lease_expired(config, now) {
         return None;
     }
     let index = generation * MAX_RULES + lowest_bit(rules);
@@ -132,6 +175,12 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
         return None;
     }
     Some(apply(ctx, &flow, action, index, dir, config))
+}
+
+/// The controller's lease ran out: it died or froze. Pass everything until it is back.
+#[inline(always)]
+fn lease_expired(config: &RuntimeConfig, now: u64) -> bool {
+    config.lease_until_ns != 0 && now > config.lease_until_ns
 }
 
 /// Some drivers leave only part of the headers in the linear buffer, where direct packet
@@ -187,20 +236,37 @@ fn port_rules(map: &Array<RuleMask>, generation: u32, port: u16) -> RuleMask {
         .unwrap_or(0)
 }
 
+/// The rules an address takes part in: the host table first (an exact, hashed lookup), then the
+/// prefix trie, each only if the rule set has entries there; neither finding it leaves the rules
+/// that take any address.
 #[inline(always)]
-fn v4_key(generation: u8, addr: &[u8; 16]) -> Key<[u8; 5]> {
-    Key::new(
-        LPM_GEN_BITS + 32,
-        [generation, addr[0], addr[1], addr[2], addr[3]],
-    )
+fn addr_rules(
+    has_hosts: bool,
+    host: impl FnOnce() -> Option<RuleMask>,
+    has_nets: bool,
+    net: impl FnOnce() -> Option<RuleMask>,
+    any: RuleMask,
+) -> RuleMask {
+    if has_hosts && let Some(mask) = host() {
+        return mask;
+    }
+    if has_nets && let Some(mask) = net() {
+        return mask;
+    }
+    any
 }
 
 #[inline(always)]
-fn v6_key(generation: u8, addr: &[u8; 16]) -> Key<[u8; 17]> {
+fn v4_data(generation: u8, addr: &[u8; 16]) -> [u8; 5] {
+    [generation, addr[0], addr[1], addr[2], addr[3]]
+}
+
+#[inline(always)]
+fn v6_data(generation: u8, addr: &[u8; 16]) -> [u8; 17] {
     let mut data = [0u8; 17];
     data[0] = generation;
     data[1..].copy_from_slice(addr);
-    Key::new(LPM_GEN_BITS + 128, data)
+    data
 }
 
 /// Index of the lowest set bit of a non-zero mask, by binary search: BPF has no count-trailing-

@@ -13,8 +13,10 @@ use aya::{
 use chaos_common::{
     GenSettings, RuleAction, RuleCounters, RuntimeConfig,
     rules::{
-        CONFIG_F_REVERSE_TCP_DELAY, FlowKey, Ipv4LpmData, Ipv6LpmData, LPM_GEN_BITS, MAX_RULES,
-        PORTS, RuleMask,
+        CONFIG_F_REVERSE_TCP_DELAY, FlowKey, Ipv4HostKey, Ipv4LpmData, Ipv6HostKey, Ipv6LpmData,
+        LOOKUP_DST4_HOSTS, LOOKUP_DST4_NETS, LOOKUP_DST6_HOSTS, LOOKUP_DST6_NETS,
+        LOOKUP_SRC4_HOSTS, LOOKUP_SRC4_NETS, LOOKUP_SRC6_HOSTS, LOOKUP_SRC6_NETS, LPM_GEN_BITS,
+        MAX_RULES, PORTS, RuleMask,
     },
 };
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -130,6 +132,10 @@ struct Maps {
     dst4: LpmTrie<MapData, Ipv4LpmData, RuleMask>,
     src6: LpmTrie<MapData, Ipv6LpmData, RuleMask>,
     dst6: LpmTrie<MapData, Ipv6LpmData, RuleMask>,
+    src4_hosts: HashMap<MapData, Ipv4HostKey, RuleMask>,
+    dst4_hosts: HashMap<MapData, Ipv4HostKey, RuleMask>,
+    src6_hosts: HashMap<MapData, Ipv6HostKey, RuleMask>,
+    dst6_hosts: HashMap<MapData, Ipv6HostKey, RuleMask>,
     actions: Array<MapData, RuleAction>,
     counters: PerCpuArray<MapData, RuleCounters>,
     dist_tables: Array<MapData, i16>,
@@ -191,6 +197,10 @@ impl Datapath {
             dst4: take(&mut ebpf, "CHAOS_DST4_RULES")?,
             src6: take(&mut ebpf, "CHAOS_SRC6_RULES")?,
             dst6: take(&mut ebpf, "CHAOS_DST6_RULES")?,
+            src4_hosts: take(&mut ebpf, "CHAOS_SRC4_HOSTS")?,
+            dst4_hosts: take(&mut ebpf, "CHAOS_DST4_HOSTS")?,
+            src6_hosts: take(&mut ebpf, "CHAOS_SRC6_HOSTS")?,
+            dst6_hosts: take(&mut ebpf, "CHAOS_DST6_HOSTS")?,
             actions: take(&mut ebpf, "CHAOS_ACTIONS")?,
             counters: take(&mut ebpf, "CHAOS_COUNTERS")?,
             dist_tables: take(&mut ebpf, "CHAOS_DIST_TABLES")?,
@@ -287,23 +297,68 @@ impl Datapath {
 
     fn write(&mut self, generation: u32, rules: &CompiledRules) -> Result<()> {
         let m = &mut self.maps;
+        let mut settings = rules.settings;
+        settings.lookups = lookups(rules);
         m.settings
-            .set(generation, rules.settings, 0)
+            .set(generation, settings, 0)
             .map_err(map_err("CHAOS_SETTINGS"))?;
         set_ports(&mut m.dport, "CHAOS_DPORT_RULES", generation, &rules.dport)?;
         set_ports(&mut m.sport, "CHAOS_SPORT_RULES", generation, &rules.sport)?;
-        insert_prefixes(&mut m.src4, "CHAOS_SRC4_RULES", &rules.src4, |n| {
-            v4_key(generation, n)
-        })?;
-        insert_prefixes(&mut m.dst4, "CHAOS_DST4_RULES", &rules.dst4, |n| {
-            v4_key(generation, n)
-        })?;
-        insert_prefixes(&mut m.src6, "CHAOS_SRC6_RULES", &rules.src6, |n| {
-            v6_key(generation, n)
-        })?;
-        insert_prefixes(&mut m.dst6, "CHAOS_DST6_RULES", &rules.dst6, |n| {
-            v6_key(generation, n)
-        })?;
+        let g = generation as u8;
+        let (tables4, tables6) = (
+            [
+                (
+                    &mut m.src4,
+                    &mut m.src4_hosts,
+                    &rules.src4,
+                    ("CHAOS_SRC4_RULES", "CHAOS_SRC4_HOSTS"),
+                ),
+                (
+                    &mut m.dst4,
+                    &mut m.dst4_hosts,
+                    &rules.dst4,
+                    ("CHAOS_DST4_RULES", "CHAOS_DST4_HOSTS"),
+                ),
+            ],
+            [
+                (
+                    &mut m.src6,
+                    &mut m.src6_hosts,
+                    &rules.src6,
+                    ("CHAOS_SRC6_RULES", "CHAOS_SRC6_HOSTS"),
+                ),
+                (
+                    &mut m.dst6,
+                    &mut m.dst6_hosts,
+                    &rules.dst6,
+                    ("CHAOS_DST6_RULES", "CHAOS_DST6_HOSTS"),
+                ),
+            ],
+        );
+        for (trie, hosts, entries, (trie_name, host_name)) in tables4 {
+            for (net, mask) in entries {
+                if net.prefix_len() == 32 {
+                    hosts
+                        .insert(v4_host(g, net), mask, 0)
+                        .map_err(map_err(host_name))?;
+                } else {
+                    trie.insert(&v4_key(generation, net), mask, 0)
+                        .map_err(map_err(trie_name))?;
+                }
+            }
+        }
+        for (trie, hosts, entries, (trie_name, host_name)) in tables6 {
+            for (net, mask) in entries {
+                if net.prefix_len() == 128 {
+                    hosts
+                        .insert(v6_host(g, net), mask, 0)
+                        .map_err(map_err(host_name))?;
+                } else {
+                    trie.insert(&v6_key(generation, net), mask, 0)
+                        .map_err(map_err(trie_name))?;
+                }
+            }
+        }
         for (i, action) in rules.actions.iter().enumerate() {
             m.actions
                 .set(generation * MAX_RULES + i as u32, action, 0)
@@ -331,18 +386,54 @@ impl Datapath {
             generation,
             &zero(&old.sport),
         )?;
-        remove_prefixes(&mut m.src4, "CHAOS_SRC4_RULES", &old.src4, |n| {
-            v4_key(generation, n)
-        })?;
-        remove_prefixes(&mut m.dst4, "CHAOS_DST4_RULES", &old.dst4, |n| {
-            v4_key(generation, n)
-        })?;
-        remove_prefixes(&mut m.src6, "CHAOS_SRC6_RULES", &old.src6, |n| {
-            v6_key(generation, n)
-        })?;
-        remove_prefixes(&mut m.dst6, "CHAOS_DST6_RULES", &old.dst6, |n| {
-            v6_key(generation, n)
-        })
+        let g = generation as u8;
+        for (trie, hosts, entries, (trie_name, host_name)) in [
+            (
+                &mut m.src4,
+                &mut m.src4_hosts,
+                &old.src4,
+                ("CHAOS_SRC4_RULES", "CHAOS_SRC4_HOSTS"),
+            ),
+            (
+                &mut m.dst4,
+                &mut m.dst4_hosts,
+                &old.dst4,
+                ("CHAOS_DST4_RULES", "CHAOS_DST4_HOSTS"),
+            ),
+        ] {
+            for (net, _) in entries {
+                if net.prefix_len() == 32 {
+                    hosts.remove(&v4_host(g, net)).map_err(map_err(host_name))?;
+                } else {
+                    trie.remove(&v4_key(generation, net))
+                        .map_err(map_err(trie_name))?;
+                }
+            }
+        }
+        for (trie, hosts, entries, (trie_name, host_name)) in [
+            (
+                &mut m.src6,
+                &mut m.src6_hosts,
+                &old.src6,
+                ("CHAOS_SRC6_RULES", "CHAOS_SRC6_HOSTS"),
+            ),
+            (
+                &mut m.dst6,
+                &mut m.dst6_hosts,
+                &old.dst6,
+                ("CHAOS_DST6_RULES", "CHAOS_DST6_HOSTS"),
+            ),
+        ] {
+            for (net, _) in entries {
+                if net.prefix_len() == 128 {
+                    hosts.remove(&v6_host(g, net)).map_err(map_err(host_name))?;
+                } else {
+                    trie.remove(&v6_key(generation, net))
+                        .map_err(map_err(trie_name))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Puts fq at the root of `iface` so stamped departure times are honoured; undone by
@@ -554,35 +645,54 @@ fn set_ports(
     Ok(())
 }
 
-fn insert_prefixes<N, K: Pod>(
-    trie: &mut LpmTrie<MapData, K, RuleMask>,
-    name: &'static str,
-    entries: &[(N, RuleMask)],
-    key: impl Fn(&N) -> Key<K>,
-) -> Result<()> {
-    for (net, mask) in entries {
-        trie.insert(&key(net), mask, 0).map_err(map_err(name))?;
-    }
-    Ok(())
-}
-
-fn remove_prefixes<N, K: Pod>(
-    trie: &mut LpmTrie<MapData, K, RuleMask>,
-    name: &'static str,
-    entries: &[(N, RuleMask)],
-    key: impl Fn(&N) -> Key<K>,
-) -> Result<()> {
-    for (net, _) in entries {
-        trie.remove(&key(net)).map_err(map_err(name))?;
-    }
-    Ok(())
-}
-
 fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
     ebpf.program_mut(name)
         .ok_or(DatapathError::Missing(name))?
         .try_into()
         .map_err(|source| DatapathError::Program { name, source })
+}
+
+/// Which address tables a rule set has entries in (`GenSettings::lookups`): hosts go to the
+/// hash tables, shorter prefixes to the tries.
+fn lookups(rules: &CompiledRules) -> u32 {
+    let mut bits = 0;
+    for (entries, host_bit, net_bit) in [
+        (&rules.src4, LOOKUP_SRC4_HOSTS, LOOKUP_SRC4_NETS),
+        (&rules.dst4, LOOKUP_DST4_HOSTS, LOOKUP_DST4_NETS),
+    ] {
+        for (net, _) in entries {
+            bits |= if net.prefix_len() == 32 {
+                host_bit
+            } else {
+                net_bit
+            };
+        }
+    }
+    for (entries, host_bit, net_bit) in [
+        (&rules.src6, LOOKUP_SRC6_HOSTS, LOOKUP_SRC6_NETS),
+        (&rules.dst6, LOOKUP_DST6_HOSTS, LOOKUP_DST6_NETS),
+    ] {
+        for (net, _) in entries {
+            bits |= if net.prefix_len() == 128 {
+                host_bit
+            } else {
+                net_bit
+            };
+        }
+    }
+    bits
+}
+
+fn v4_host(generation: u8, net: &Ipv4Net) -> Ipv4HostKey {
+    let o = net.addr().octets();
+    [generation, o[0], o[1], o[2], o[3]]
+}
+
+fn v6_host(generation: u8, net: &Ipv6Net) -> Ipv6HostKey {
+    let mut key = [0; 17];
+    key[0] = generation;
+    key[1..].copy_from_slice(&net.addr().octets());
+    key
 }
 
 fn v4_key(generation: u32, net: &Ipv4Net) -> Key<Ipv4LpmData> {

@@ -116,8 +116,10 @@ fn a_duration_reverts_by_itself() {
     e["duration"] = json!("2s");
     let applied = Instant::now();
     call(&d, Method::POST, "/v1/experiments", Some(e)).unwrap();
-    // A datagram every 10 ms for 4 s: the first to arrive marks the revert.
+    // A datagram every 10 ms for 4 s: the first to arrive marks the revert. The request itself
+    // can take a while on a loaded machine (it attaches the program): count from the start.
     let ns = lab.a.clone();
+    let sending_from = applied.elapsed();
     netlab::udp_send_to(&ns, &[dst], 400, 32, Some(Duration::from_millis(10)));
     let received = rx.finish_after(Duration::from_millis(200));
     let first = received
@@ -126,7 +128,7 @@ fn a_duration_reverts_by_itself() {
         .map(|a| a.seq)
         .min()
         .expect("traffic flows again");
-    let reverted_after = Duration::from_millis(first * 10);
+    let reverted_after = sending_from + Duration::from_millis(first * 10);
     eprintln!(
         "duration=2s: traffic flowed again {reverted_after:?} after the experiment was applied (measured {:?} in all)",
         applied.elapsed()
