@@ -447,6 +447,27 @@ fn openapi_document_matches_the_server() {
     .unwrap();
     let body = experiment("doc", &lab.a, &["proto=udp dport=9000 drop=1%"]);
     let created = call(&d, Method::POST, "/v1/experiments", Some(body.clone())).unwrap();
+    // Every documented property of an experiment is one the server takes (it refuses unknown
+    // fields), and it has one documented property per field of the schema it serves.
+    let documented = doc["components"]["schemas"]["Experiment"]["properties"]
+        .as_object()
+        .unwrap();
+    let mut full = body.clone();
+    for (field, value) in [
+        ("name", json!("doc-full")),
+        ("duration", json!("1m")),
+        ("start_delay", json!("1s")),
+        ("priority", json!(1)),
+        ("dry_run", json!(true)),
+    ] {
+        assert!(documented.contains_key(field), "{field} is not documented");
+        full[field] = value;
+    }
+    for field in documented.keys() {
+        assert!(full.get(field).is_some(), "documented {field} not exercised");
+    }
+    call(&d, Method::POST, "/v1/experiments", Some(full)).unwrap();
+    call(&d, Method::DELETE, "/v1/experiments/doc-full", None).unwrap();
     let view_schema = &doc["components"]["schemas"]["ExperimentView"];
     for field in view_schema["required"].as_array().unwrap() {
         assert!(
