@@ -102,7 +102,7 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
             addr_rules(
                 lookups & LOOKUP_SRC4_HOSTS != 0,
                 // SAFETY: the value is copied out at once.
-                || unsafe { CHAOS_SRC4_HOSTS.get(&src) }.copied(),
+                || unsafe { CHAOS_SRC4_HOSTS.get(src) }.copied(),
                 lookups & LOOKUP_SRC4_NETS != 0,
                 || {
                     CHAOS_SRC4_RULES
@@ -116,7 +116,7 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
             addr_rules(
                 lookups & LOOKUP_DST4_HOSTS != 0,
                 // SAFETY: the value is copied out at once.
-                || unsafe { CHAOS_DST4_HOSTS.get(&dst) }.copied(),
+                || unsafe { CHAOS_DST4_HOSTS.get(dst) }.copied(),
                 lookups & LOOKUP_DST4_NETS != 0,
                 || {
                     CHAOS_DST4_RULES
@@ -132,7 +132,7 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
             addr_rules(
                 lookups & LOOKUP_SRC6_HOSTS != 0,
                 // SAFETY: the value is copied out at once.
-                || unsafe { CHAOS_SRC6_HOSTS.get(&src) }.copied(),
+                || unsafe { CHAOS_SRC6_HOSTS.get(src) }.copied(),
                 lookups & LOOKUP_SRC6_NETS != 0,
                 || {
                     CHAOS_SRC6_RULES
@@ -146,7 +146,7 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
             addr_rules(
                 lookups & LOOKUP_DST6_HOSTS != 0,
                 // SAFETY: the value is copied out at once.
-                || unsafe { CHAOS_DST6_HOSTS.get(&dst) }.copied(),
+                || unsafe { CHAOS_DST6_HOSTS.get(dst) }.copied(),
                 lookups & LOOKUP_DST6_NETS != 0,
                 || {
                     CHAOS_DST6_RULES
