@@ -464,7 +464,10 @@ fn openapi_document_matches_the_server() {
         full[field] = value;
     }
     for field in documented.keys() {
-        assert!(full.get(field).is_some(), "documented {field} not exercised");
+        assert!(
+            full.get(field).is_some(),
+            "documented {field} not exercised"
+        );
     }
     call(&d, Method::POST, "/v1/experiments", Some(full)).unwrap();
     call(&d, Method::DELETE, "/v1/experiments/doc-full", None).unwrap();
