@@ -60,8 +60,6 @@ pub fn compile_with_slots(rules: &[Rule], slots: &[u32]) -> Result<CompiledRules
     }
     assert_eq!(rules.len(), slots.len(), "one counter slot per rule");
     let mut settings = GenSettings::default();
-    let mut dport = vec![0; 1 << 16];
-    let mut sport = vec![0; 1 << 16];
     for (i, rule) in rules.iter().enumerate() {
         let bit: RuleMask = 1 << i;
         let dir = match rule.direction {
@@ -84,8 +82,12 @@ pub fn compile_with_slots(rules: &[Rule], slots: &[u32]) -> Result<CompiledRules
         if !rule.has_ports() {
             settings.portless_rules |= bit;
         }
-        mark_ports(&mut dport, &mut settings.dport_any, rule.dport, bit);
-        mark_ports(&mut sport, &mut settings.sport_any, rule.sport, bit);
+        if rule.dport.is_none() {
+            settings.dport_any |= bit;
+        }
+        if rule.sport.is_none() {
+            settings.sport_any |= bit;
+        }
         // A rule without a prefix accepts every address of both families; a rule with a prefix
         // of one family is absent from the other family's masks, so it never matches there.
         for (field, any) in [
@@ -104,8 +106,8 @@ pub fn compile_with_slots(rules: &[Rule], slots: &[u32]) -> Result<CompiledRules
         .map(|(i, rule)| action(rule, slots[i]))
         .collect();
     Ok(CompiledRules {
-        dport: nonzero(&dport),
-        sport: nonzero(&sport),
+        dport: port_entries(rules, |r| r.dport),
+        sport: port_entries(rules, |r| r.sport),
         src4: prefixes(rules, |r| r.src, v4, settings.src_any[FAMILY_V4]),
         dst4: prefixes(rules, |r| r.dst, v4, settings.dst_any[FAMILY_V4]),
         src6: prefixes(rules, |r| r.src, v6, settings.src_any[FAMILY_V6]),
@@ -191,24 +193,33 @@ pub fn scale_probability(p: f64) -> u32 {
     (p * f64::from(PROB_ONE)).round() as u32
 }
 
-fn mark_ports(table: &mut [RuleMask], any: &mut RuleMask, range: Option<PortRange>, bit: RuleMask) {
-    match range {
-        None => *any |= bit,
-        Some(PortRange { start, end }) => {
-            for entry in &mut table[usize::from(start)..=usize::from(end)] {
-                *entry |= bit;
-            }
-        }
-    }
-}
-
-fn nonzero(table: &[RuleMask]) -> Vec<(u16, RuleMask)> {
-    table
+/// Port-array entries of one field: every port some rule's range covers, with the rules that
+/// cover it, in port order. Swept over the ranges' boundaries, so the work follows the ports
+/// the rules name rather than all 65,536 (the daemon compiles on every change).
+fn port_entries(
+    rules: &[Rule],
+    field: impl Fn(&Rule) -> Option<PortRange>,
+) -> Vec<(u16, RuleMask)> {
+    let ranges: Vec<(u32, u32, RuleMask)> = rules
         .iter()
         .enumerate()
-        .filter(|(_, mask)| **mask != 0)
-        .map(|(port, mask)| (port as u16, *mask))
-        .collect()
+        .filter_map(|(i, r)| field(r).map(|p| (u32::from(p.start), u32::from(p.end), 1 << i)))
+        .collect();
+    let mut bounds: Vec<u32> = ranges.iter().flat_map(|(s, e, _)| [*s, e + 1]).collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    let mut entries = Vec::new();
+    for pair in bounds.windows(2) {
+        let (from, to) = (pair[0], pair[1]);
+        let mask = ranges
+            .iter()
+            .filter(|(s, e, _)| *s <= from && from <= *e)
+            .fold(0, |m, (_, _, bit)| m | bit);
+        if mask != 0 {
+            entries.extend((from..to).map(|port| (port as u16, mask)));
+        }
+    }
+    entries
 }
 
 fn v4(net: IpNet) -> Option<Ipv4Net> {
@@ -275,6 +286,35 @@ mod tests {
 
     fn rules(texts: &[&str]) -> Vec<Rule> {
         texts.iter().map(|t| t.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn overlapping_port_ranges_sweep_like_a_full_table() {
+        let r = rules(&[
+            "dport=10-20 drop=1",
+            "dport=15-30 drop=1",
+            "dport=15 drop=1",
+            "sport=1-3 dport=65535 drop=1",
+        ]);
+        let c = compile(&r).unwrap();
+        let mut want = vec![0u64; 1 << 16];
+        for (i, rule) in r.iter().enumerate() {
+            if let Some(p) = rule.dport {
+                for port in p.start..=p.end {
+                    want[usize::from(port)] |= 1 << i;
+                }
+            }
+        }
+        let want: Vec<(u16, u64)> = want
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| **m != 0)
+            .map(|(p, m)| (p as u16, *m))
+            .collect();
+        assert_eq!(c.dport, want);
+        assert_eq!(c.sport, vec![(1, 0b1000), (2, 0b1000), (3, 0b1000)]);
+        assert_eq!(c.settings.dport_any, 0);
+        assert_eq!(c.settings.sport_any, 0b0111);
     }
 
     #[test]

@@ -456,9 +456,6 @@ impl Manager {
                     fresh.push(slot);
                 }
             }
-            if !fresh.is_empty() {
-                ts.worker.reset(fresh).await.map_err(ApiError::Internal)?;
-            }
             let rules: Vec<Rule> = live.iter().map(|l| l.rule.clone()).collect();
             let slots: Vec<u32> = live.iter().map(|l| ts.slots[&l.key]).collect();
             // Dry-run rules count but hold nothing: no fq or ifb for them.
@@ -482,7 +479,7 @@ impl Manager {
                 }
             }
             ts.worker
-                .apply(compiled, holds(&faulting))
+                .apply(compiled, holds(&faulting), fresh)
                 .await
                 .map_err(|e| ApiError::Invalid(ExperimentError::new("rules", e)))?;
         }

@@ -36,13 +36,14 @@ impl fmt::Display for Target {
 
 enum Request {
     // Boxed: a compiled rule set is large, and the channel holds one of these per request.
+    /// Zero the counters of the fresh slots, then make the rule set live: one round trip.
     Apply(
         Box<CompiledRules>,
         Holds,
+        Vec<u32>,
         oneshot::Sender<Result<(), String>>,
     ),
     Counters(Vec<u32>, oneshot::Sender<Result<Vec<RuleCounters>, String>>),
-    Reset(Vec<u32>, oneshot::Sender<Result<(), String>>),
 }
 
 /// Handle to a worker thread; dropping it detaches everything on the interface and restores it.
@@ -94,19 +95,20 @@ impl Worker {
     }
 
     /// Makes `rules` the interface's live rule set, installing what it holds packets with.
-    pub async fn apply(&self, rules: CompiledRules, holds: Holds) -> Result<(), String> {
-        self.ask(|reply| Request::Apply(Box::new(rules), holds, reply))
+    /// `fresh` slots (given to rules that are new) are zeroed first.
+    pub async fn apply(
+        &self,
+        rules: CompiledRules,
+        holds: Holds,
+        fresh: Vec<u32>,
+    ) -> Result<(), String> {
+        self.ask(|reply| Request::Apply(Box::new(rules), holds, fresh, reply))
             .await
     }
 
     /// Counters of `slots`, summed over CPUs.
     pub async fn counters(&self, slots: Vec<u32>) -> Result<Vec<RuleCounters>, String> {
         self.ask(|reply| Request::Counters(slots, reply)).await
-    }
-
-    /// Zeroes the counters of `slots`.
-    pub async fn reset(&self, slots: Vec<u32>) -> Result<(), String> {
-        self.ask(|reply| Request::Reset(slots, reply)).await
     }
 }
 
@@ -156,15 +158,21 @@ fn run(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         match request {
-            Request::Apply(rules, holds, reply) => {
-                let result = apply(
-                    &mut datapath,
-                    &target,
-                    ifindex,
-                    &mut installed,
-                    &rules,
-                    holds,
-                );
+            Request::Apply(rules, holds, fresh, reply) => {
+                let result = fresh
+                    .iter()
+                    .try_for_each(|slot| datapath.reset_counters(*slot))
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| {
+                        apply(
+                            &mut datapath,
+                            &target,
+                            ifindex,
+                            &mut installed,
+                            &rules,
+                            holds,
+                        )
+                    });
                 reply.send(result).ok();
             }
             Request::Counters(slots, reply) => {
@@ -172,13 +180,6 @@ fn run(
                     .iter()
                     .map(|slot| datapath.counters_of(*slot).map_err(|e| e.to_string()))
                     .collect();
-                reply.send(result).ok();
-            }
-            Request::Reset(slots, reply) => {
-                let result = slots
-                    .iter()
-                    .try_for_each(|slot| datapath.reset_counters(*slot))
-                    .map_err(|e| e.to_string());
                 reply.send(result).ok();
             }
         }
