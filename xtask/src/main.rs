@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask bootstrap | build | test | demo`. Each installs what it needs
+//! Project tasks: `cargo xtask bootstrap | build | test | demo | bench`. Each installs what it needs
 //! first, so a fresh machine needs nothing but this checkout and the Rust toolchains.
 
 mod bootstrap;
@@ -33,6 +33,14 @@ enum Task {
     },
     /// Build, then show chaos dropping packets to one port of one host in a sandbox.
     Demo,
+    /// Bootstrap, build (release), then measure cost, scale and fidelity against a no-op
+    /// program, a userspace proxy and netem; writes bench/latest.json and bench/latest.md.
+    Bench {
+        /// Arguments for the bench: `--quick` (fewer rounds, not for publishing), `--only
+        /// micro,live,e2e,proxy,fidelity,vm,control`, `--out DIR`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -46,6 +54,7 @@ fn main() -> Result<()> {
             let env = build(&root)?;
             demo::run(&env)
         }
+        Task::Bench { args } => bench(&root, &args),
     }
 }
 
@@ -115,6 +124,48 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
             "tests left chaos state behind (now removed): {} {}",
             removed.trim(),
             String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Packages the bench's comparisons use: socat as the userspace proxy hop.
+const BENCH_PACKAGES: &[&str] = &["socat"];
+
+fn bench(root: &Path, extra: &[String]) -> Result<()> {
+    require_root("the bench creates network namespaces and loads BPF programs")?;
+    let env = build(root)?;
+    bootstrap::ensure_packages(BENCH_PACKAGES)?;
+    step("building chaos in release mode for the bench (a minute the first time)");
+    exec(
+        Command::new("cargo")
+            .args(["build", "--release", "--bins"])
+            .current_dir(root)
+            .env("PATH", &env.path),
+    )?;
+    step("running the bench (a full run takes several minutes; progress below)");
+    let prefix = format!("chaos-b{}", std::process::id());
+    let mut args = vec![
+        "--out".to_owned(),
+        root.join("bench").display().to_string(),
+        "--readme".to_owned(),
+        root.join("README.md").display().to_string(),
+    ];
+    args.extend(extra.iter().cloned());
+    exec(
+        Command::new("cargo")
+            .args(["bench", "-p", "tests", "--bench", "chaos", "--"])
+            .args(&args)
+            .current_dir(root)
+            .env("PATH", &env.path)
+            .env("CHAOS_BIN", root.join("target/release/chaos"))
+            .env(netlab::NETNS_PREFIX_VAR, &prefix),
+    )?;
+    let leftovers = bootstrap::leftover_namespaces(&prefix)?;
+    if !leftovers.is_empty() {
+        bail!(
+            "the bench left network namespaces behind: {}",
+            leftovers.join(", ")
         );
     }
     Ok(())

@@ -1,0 +1,118 @@
+//! Rule sets of a given size for the scale runs, as compiled map entries.
+//!
+//! A rule set holds at most 64 rules (one bit each in a `RuleMask`), and each rule one prefix
+//! per field, so the prefix counts beyond that are synthetic: extra /32 (IPv4) and /128 (IPv6)
+//! destination entries written straight into the tries, each carrying an ordinary rule's bit.
+//! They sit in the test networks right beside the addresses the bench looks up
+//! (198.18.0.0/16, 2001:db8::/112), so a lookup walks the dense part of the trie: the worst
+//! case, not a trie that branches away at the first bit.
+
+use chaos_user::{
+    compile::{CompiledRules, compile},
+    rule::Rule,
+};
+use ipnet::{Ipv4Net, Ipv6Net};
+
+/// Destination port of the rule the bench's packets hit.
+pub const HIT_PORT: u16 = 9000;
+/// Destination port no rule matches.
+pub const MISS_PORT: u16 = 7000;
+
+/// Addresses of the rule the bench's packets hit, and of the sender.
+pub const SERVER_V4: [u8; 4] = [198, 18, 0, 2];
+pub const CLIENT_V4: [u8; 4] = [198, 18, 0, 1];
+pub const SERVER_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+pub const CLIENT_V6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// What the first rule (the one the bench's packets hit) does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// drop=0: the whole match path runs, the packet passes.
+    Pass,
+    /// drop=100%.
+    Drop,
+    /// delay=10ms: the departure-time path runs (EDT stamp, flow order).
+    Delay,
+}
+
+/// What the destination prefixes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// /32 and /128 hosts: chaos keeps them in hash tables.
+    Hosts,
+    /// /30 and /126 networks: they go to the LPM tries, and rule 0 is the network holding the
+    /// server, so its lookups walk the trie.
+    Nets,
+}
+
+/// `rules` rules (1..=64) whose tables hold `prefixes` destination hosts of each family in all.
+/// Rule 0 matches UDP to `HIT_PORT` at `SERVER_V4` or `SERVER_V6` (`v6`); the others match
+/// other ports and hosts.
+pub fn rule_set(rules: usize, prefixes: usize, fault: Fault, v6: bool) -> CompiledRules {
+    rule_set_shaped(rules, prefixes, fault, v6, Shape::Hosts)
+}
+
+/// [`rule_set`] with destination prefixes of `shape`.
+pub fn rule_set_shaped(
+    rules: usize,
+    prefixes: usize,
+    fault: Fault,
+    v6: bool,
+    shape: Shape,
+) -> CompiledRules {
+    assert!((1..=64).contains(&rules), "1..=64 rules");
+    let server = match (v6, shape) {
+        (true, Shape::Hosts) => "2001:db8::2/128",
+        (false, Shape::Hosts) => "198.18.0.2/32",
+        (true, Shape::Nets) => "2001:db8::/126",
+        (false, Shape::Nets) => "198.18.0.0/30",
+    };
+    let fault = match fault {
+        Fault::Pass => "drop=0",
+        Fault::Drop => "drop=100%",
+        Fault::Delay => "delay=10ms",
+    };
+    let mut texts = vec![format!("proto=udp dport={HIT_PORT} dst={server} {fault}")];
+    for i in 1..rules {
+        let dst = if v6 {
+            format!("2001:db8:1::{i:x}/128")
+        } else {
+            format!("198.19.0.{i}/32")
+        };
+        texts.push(format!("proto=udp dport={} dst={dst} drop=1", 10000 + i));
+    }
+    let parsed: Vec<Rule> = texts.iter().map(|t| t.parse().unwrap()).collect();
+    let mut compiled = compile(&parsed).unwrap();
+    // The rules' own prefixes count towards the total.
+    let extra = prefixes.saturating_sub(rules);
+    let bit = |k: usize| 1u64 << (1 + k % rules.max(2).saturating_sub(1)).min(63);
+    // Hosts from .17 (clear of the client and server); networks from the second /30 or /126.
+    let (step, len4, len6, mut at) = match shape {
+        Shape::Hosts => (1u32, 32, 128, 16u32),
+        Shape::Nets => (4, 30, 126, 0),
+    };
+    for k in 0..extra {
+        at += step;
+        let [_, _, a, b] = at.to_be_bytes();
+        if v6 {
+            let mut addr = SERVER_V6;
+            addr[12] = (at >> 24) as u8;
+            addr[13] = (at >> 16) as u8;
+            addr[14] = a;
+            addr[15] = b;
+            compiled
+                .dst6
+                .push((Ipv6Net::new(addr.into(), len6).unwrap().trunc(), bit(k)));
+        } else {
+            assert!(
+                at < 1 << 16,
+                "at most 65,000 IPv4 prefixes beside the server"
+            );
+            compiled.dst4.push((
+                Ipv4Net::new([198, 18, a, b].into(), len4).unwrap().trunc(),
+                bit(k),
+            ));
+        }
+    }
+    compiled
+}
