@@ -42,7 +42,9 @@ impl Table {
             self.headers.iter().map(|_| " --- |").collect::<String>()
         ));
         for r in &self.rows {
-            s.push_str(&format!("| {} |\n", r.join(" | ")));
+            // A '|' inside a cell would end it.
+            let cells: Vec<String> = r.iter().map(|c| c.replace('|', "\\|")).collect();
+            s.push_str(&format!("| {} |\n", cells.join(" | ")));
         }
         s
     }
