@@ -129,8 +129,8 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Packages the bench's comparisons use: socat as the userspace proxy hop.
-const BENCH_PACKAGES: &[&str] = &["socat"];
+/// Packages the bench uses: socat as the userspace proxy hop, a font for its plot's labels.
+const BENCH_PACKAGES: &[&str] = &["socat", "fonts-dejavu-core"];
 
 fn bench(root: &Path, extra: &[String]) -> Result<()> {
     require_root("the bench creates network namespaces and loads BPF programs")?;

@@ -16,6 +16,7 @@ mod e2e;
 mod fidelity;
 mod live;
 mod micro;
+mod plot;
 mod proxy;
 mod report;
 mod scale;
@@ -118,6 +119,11 @@ fn main() {
         report.sections.push(section);
     }
     report.elapsed_s = started.elapsed().as_secs_f64();
+    std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+    match plot::draw(&report.sections, &out.join("latest.png")) {
+        Ok(()) => report.plot = Some("latest.png".to_owned()),
+        Err(e) => eprintln!("bench: no plot: {e}"),
+    }
     report.write(&out);
     // Only a full run of every section speaks for the project in its README.
     if let Some(readme) = readme.filter(|_| !quick && only.is_none()) {

@@ -108,6 +108,8 @@ impl Section {
 
 pub struct Report {
     pub quick: bool,
+    /// The picture beside latest.md, if one was drawn.
+    pub plot: Option<String>,
     pub elapsed_s: f64,
     pub sections: Vec<Section>,
 }
@@ -133,6 +135,7 @@ impl Report {
     pub fn new(quick: bool) -> Self {
         Self {
             quick,
+            plot: None,
             elapsed_s: 0.0,
             sections: Vec::new(),
         }
@@ -241,6 +244,9 @@ impl Report {
         }
         s.push_str("## Targets\n\n");
         s.push_str(&targets.markdown());
+        if let Some(plot) = &self.plot {
+            s.push_str(&format!("\n![per-packet cost against scale]({plot})\n"));
+        }
         for sec in &self.sections {
             s.push_str(&format!("\n## {}\n\n", sec.title));
             for t in &sec.tables {
