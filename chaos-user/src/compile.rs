@@ -2,14 +2,14 @@
 //!
 //! Pure data in, pure data out: everything here is unit-testable without a kernel.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use chaos_common::{
     GenSettings, RuleAction,
     rules::{
         ACTION_F_DELAY, ACTION_F_RATE, ACTION_F_REORDER, DIR_EGRESS, DIR_INGRESS, DIST_NORMAL,
-        DIST_PARETO, DIST_PARETONORMAL, DIST_UNIFORM, FAMILY_V4, FAMILY_V6, MAX_RULES, PROB_ONE,
-        PROTO_OTHER, PROTO_TCP, PROTO_UDP, RuleMask,
+        DIST_PARETO, DIST_PARETONORMAL, DIST_UNIFORM, FAMILY_V4, FAMILY_V6, GENERATIONS,
+        MAX_PREFIXES, MAX_RULES, PROB_ONE, PROTO_OTHER, PROTO_TCP, PROTO_UDP, RuleMask,
     },
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -21,6 +21,8 @@ use crate::rule::{Direction, Distribution, MAX_HORIZON, PortRange, Protocol, Rul
 pub enum CompileError {
     #[error("{0} rules given; at most {MAX_RULES} fit in one rule set")]
     TooManyRules(usize),
+    #[error("{0} prefixes in one address field of a rule set; at most {MAX_PREFIXES_PER_SET} fit")]
+    TooManyPrefixes(usize),
 }
 
 /// A rule set as map entries. Port and prefix lists hold only entries with a rule bit set.
@@ -91,10 +93,10 @@ pub fn compile_with_slots(rules: &[Rule], slots: &[u32]) -> Result<CompiledRules
         // A rule without a prefix accepts every address of both families; a rule with a prefix
         // of one family is absent from the other family's masks, so it never matches there.
         for (field, any) in [
-            (rule.src, &mut settings.src_any),
-            (rule.dst, &mut settings.dst_any),
+            (&rule.src, &mut settings.src_any),
+            (&rule.dst, &mut settings.dst_any),
         ] {
-            if field.is_none() {
+            if field.is_empty() {
                 any[FAMILY_V4] |= bit;
                 any[FAMILY_V6] |= bit;
             }
@@ -108,10 +110,10 @@ pub fn compile_with_slots(rules: &[Rule], slots: &[u32]) -> Result<CompiledRules
     Ok(CompiledRules {
         dport: port_entries(rules, |r| r.dport),
         sport: port_entries(rules, |r| r.sport),
-        src4: prefixes(rules, |r| r.src, v4, settings.src_any[FAMILY_V4]),
-        dst4: prefixes(rules, |r| r.dst, v4, settings.dst_any[FAMILY_V4]),
-        src6: prefixes(rules, |r| r.src, v6, settings.src_any[FAMILY_V6]),
-        dst6: prefixes(rules, |r| r.dst, v6, settings.dst_any[FAMILY_V6]),
+        src4: prefixes(rules, |r| &r.src, v4, settings.src_any[FAMILY_V4])?,
+        dst4: prefixes(rules, |r| &r.dst, v4, settings.dst_any[FAMILY_V4])?,
+        src6: prefixes(rules, |r| &r.src, v6, settings.src_any[FAMILY_V6])?,
+        dst6: prefixes(rules, |r| &r.dst, v6, settings.dst_any[FAMILY_V6])?,
         settings,
         actions,
     })
@@ -236,47 +238,70 @@ fn v6(net: IpNet) -> Option<Ipv6Net> {
     }
 }
 
-/// Trie entries of one field and family. The trie answers with the longest matching prefix
-/// only, so each entry carries every rule whose prefix contains it, plus the rules without a
-/// prefix (which a miss also yields, from `GenSettings`).
-fn prefixes<N: Copy + Ord + Contains>(
+/// Address-table entries of one field and family. A lookup answers with the longest matching
+/// prefix only, so each entry carries every rule with a prefix containing it, plus the rules
+/// without a prefix (which a miss also yields, from `GenSettings`). Containing prefixes are
+/// found by walking each key's shorter prefixes, so the work grows with the entries, not with
+/// their square.
+fn prefixes<N: Copy + Ord + std::hash::Hash + Prefix>(
     rules: &[Rule],
-    field: impl Fn(&Rule) -> Option<IpNet>,
+    field: impl Fn(&Rule) -> &Vec<IpNet>,
     family: impl Fn(IpNet) -> Option<N>,
     any: RuleMask,
-) -> Vec<(N, RuleMask)> {
-    let nets: Vec<(N, RuleMask)> = rules
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| field(r).and_then(&family).map(|n| (n, 1 << i)))
-        .collect();
-    let mut keys: Vec<N> = nets.iter().map(|(n, _)| *n).collect();
+) -> Result<Vec<(N, RuleMask)>, CompileError> {
+    let mut masks: HashMap<N, RuleMask> = HashMap::new();
+    for (i, rule) in rules.iter().enumerate() {
+        for net in field(rule).iter().filter_map(|n| family(*n)) {
+            *masks.entry(net).or_default() |= 1 << i;
+        }
+    }
+    if masks.len() > MAX_PREFIXES_PER_SET {
+        return Err(CompileError::TooManyPrefixes(masks.len()));
+    }
+    let mut keys: Vec<N> = masks.keys().copied().collect();
     keys.sort();
-    keys.dedup();
-    keys.into_iter()
+    Ok(keys
+        .into_iter()
         .map(|key| {
-            let mask = nets
-                .iter()
-                .filter(|(net, _)| net.contains_net(&key))
-                .fold(any, |acc, (_, bit)| acc | bit);
+            let mask = (0..=key.length())
+                .filter_map(|len| masks.get(&key.shortened(len)))
+                .fold(any, |acc, bits| acc | bits);
             (key, mask)
         })
-        .collect()
+        .collect())
 }
 
-trait Contains {
-    fn contains_net(&self, other: &Self) -> bool;
+/// Most entries one address table (field and family) of a rule set may hold: half of what the
+/// kernel's tables have room for, since two generations share them.
+pub const MAX_PREFIXES_PER_SET: usize = (MAX_PREFIXES / GENERATIONS) as usize;
+
+trait Prefix: Sized {
+    fn length(&self) -> u8;
+    /// The prefix of `len` bits that contains this one.
+    fn shortened(&self, len: u8) -> Self;
 }
 
-impl Contains for Ipv4Net {
-    fn contains_net(&self, other: &Self) -> bool {
-        self.contains(other)
+impl Prefix for Ipv4Net {
+    fn length(&self) -> u8 {
+        self.prefix_len()
+    }
+
+    fn shortened(&self, len: u8) -> Self {
+        Ipv4Net::new(self.addr(), len)
+            .expect("no longer than the prefix")
+            .trunc()
     }
 }
 
-impl Contains for Ipv6Net {
-    fn contains_net(&self, other: &Self) -> bool {
-        self.contains(other)
+impl Prefix for Ipv6Net {
+    fn length(&self) -> u8 {
+        self.prefix_len()
+    }
+
+    fn shortened(&self, len: u8) -> Self {
+        Ipv6Net::new(self.addr(), len)
+            .expect("no longer than the prefix")
+            .trunc()
     }
 }
 
@@ -286,6 +311,47 @@ mod tests {
 
     fn rules(texts: &[&str]) -> Vec<Rule> {
         texts.iter().map(|t| t.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn prefix_lists_carry_every_containing_rule() {
+        let r = rules(&[
+            "dst=198.18.0.2,198.18.1.0/24,2001:db8::2 drop=1",
+            "dst=198.18.0.0/16 drop=1",
+            "drop=1",
+        ]);
+        let c = compile(&r).unwrap();
+        let net = |t: &str| t.parse::<Ipv4Net>().unwrap();
+        assert_eq!(
+            c.dst4,
+            vec![
+                (net("198.18.0.0/16"), 0b110),
+                (net("198.18.0.2/32"), 0b111),
+                (net("198.18.1.0/24"), 0b111),
+            ]
+        );
+        assert_eq!(
+            c.dst6,
+            vec![("2001:db8::2/128".parse().unwrap(), 0b101)],
+            "rule 1 has no IPv6 prefix: it never matches IPv6"
+        );
+        assert_eq!(c.settings.dst_any, [0b100, 0b100]);
+    }
+
+    #[test]
+    fn too_many_prefixes_for_one_table() {
+        let list = |base: u32| {
+            (0..40_000u32)
+                .map(|i| std::net::Ipv4Addr::from(base + i).to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let texts = [
+            format!("dst={} drop=1", list(0xc612_0000)),
+            format!("dst={} drop=1", list(0xc613_0000)),
+        ];
+        let r: Vec<Rule> = texts.iter().map(|t| t.parse().unwrap()).collect();
+        assert_eq!(compile(&r), Err(CompileError::TooManyPrefixes(80_000)));
     }
 
     #[test]

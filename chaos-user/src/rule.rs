@@ -1,7 +1,8 @@
 //! The rule language of `chaos run`: space-separated `key=value` pairs.
 //!
 //! ```text
-//! match:  dir=egress|ingress  proto=tcp|udp|any  dport=N|N-M  sport=N|N-M  dst=CIDR  src=CIDR
+//! match:  dir=egress|ingress  proto=tcp|udp|any  dport=N|N-M  sport=N|N-M  dst=CIDR[,CIDR..]
+//!         src=CIDR[,CIDR..]
 //! faults: drop=P  delay=DURATION  jitter=DURATION  dist=uniform|normal|pareto|paretonormal
 //!         delay-p=P  rate=RATE  reorder=yes|no
 //! ```
@@ -39,6 +40,8 @@ pub enum RuleError {
         value: String,
         network: IpNet,
     },
+    #[error("{key}: {count} prefixes; at most {MAX_LIST} per field")]
+    TooManyPrefixes { key: &'static str, count: usize },
     #[error("src={src} and dst={dst} are of different IP families: no packet can match")]
     MixedFamilies { src: IpNet, dst: IpNet },
     #[error("{key}={value}: expected a probability from 0 to 1, or a percentage from 0% to 100%")]
@@ -158,8 +161,10 @@ pub struct Rule {
     pub protocol: Protocol,
     pub dport: Option<PortRange>,
     pub sport: Option<PortRange>,
-    pub dst: Option<IpNet>,
-    pub src: Option<IpNet>,
+    /// Destination prefixes, any of which matches (empty: any address).
+    pub dst: Vec<IpNet>,
+    /// Source prefixes, any of which matches (empty: any address).
+    pub src: Vec<IpNet>,
     pub drop: Probability,
     pub delay: Option<Delay>,
     pub rate: Option<Rate>,
@@ -222,8 +227,8 @@ impl FromStr for Rule {
                 "proto" => set(&mut protocol, "proto", parse_protocol(value)?)?,
                 "dport" => set(&mut dport, "dport", parse_ports("dport", value)?)?,
                 "sport" => set(&mut sport, "sport", parse_ports("sport", value)?)?,
-                "dst" => set(&mut dst, "dst", parse_cidr("dst", value)?)?,
-                "src" => set(&mut src, "src", parse_cidr("src", value)?)?,
+                "dst" => set(&mut dst, "dst", parse_cidrs("dst", value)?)?,
+                "src" => set(&mut src, "src", parse_cidrs("src", value)?)?,
                 "drop" => set(&mut drop, "drop", parse_probability("drop", value)?)?,
                 "delay" => set(&mut delay, "delay", parse_duration("delay", value)?)?,
                 "jitter" => set(&mut jitter, "jitter", parse_duration("jitter", value)?)?,
@@ -242,10 +247,17 @@ impl FromStr for Rule {
         if !any {
             return Err(RuleError::Empty);
         }
-        if let (Some(src), Some(dst)) = (src, dst)
-            && matches!(src, IpNet::V4(_)) != matches!(dst, IpNet::V4(_))
-        {
-            return Err(RuleError::MixedFamilies { src, dst });
+        let (src, dst): (Vec<IpNet>, Vec<IpNet>) =
+            (src.unwrap_or_default(), dst.unwrap_or_default());
+        // A family only one side names can never match: refuse a rule where no family is
+        // on both sides, since no packet could match it.
+        let has = |nets: &[IpNet], v4: bool| nets.iter().any(|n| matches!(n, IpNet::V4(_)) == v4);
+        let shared = |v4: bool| has(&src, v4) && has(&dst, v4);
+        if !src.is_empty() && !dst.is_empty() && !shared(true) && !shared(false) {
+            return Err(RuleError::MixedFamilies {
+                src: src[0],
+                dst: dst[0],
+            });
         }
         let delay = match delay {
             Some(delay) => Some(Delay {
@@ -335,6 +347,26 @@ fn parse_ports(key: &'static str, value: &str) -> Result<PortRange, RuleError> {
         });
     }
     Ok(PortRange { start, end })
+}
+
+/// Most prefixes one field of one rule may list.
+pub const MAX_LIST: usize = 65536;
+
+/// A comma-separated list of CIDRs or bare addresses, sorted and without repeats.
+fn parse_cidrs(key: &'static str, value: &str) -> Result<Vec<IpNet>, RuleError> {
+    let mut nets = value
+        .split(',')
+        .map(|item| parse_cidr(key, item))
+        .collect::<Result<Vec<_>, _>>()?;
+    nets.sort_unstable();
+    nets.dedup();
+    if nets.len() > MAX_LIST {
+        return Err(RuleError::TooManyPrefixes {
+            key,
+            count: nets.len(),
+        });
+    }
+    Ok(nets)
 }
 
 /// A CIDR, or a bare address meaning that one host.
@@ -469,8 +501,8 @@ mod tests {
                 end: 2000
             })
         );
-        assert_eq!(r.dst, Some("198.18.0.2/32".parse().unwrap()));
-        assert_eq!(r.src, Some("198.18.0.0/15".parse().unwrap()));
+        assert_eq!(r.dst, vec!["198.18.0.2/32".parse::<IpNet>().unwrap()]);
+        assert_eq!(r.src, vec!["198.18.0.0/15".parse::<IpNet>().unwrap()]);
         assert!((r.drop.get() - 0.3).abs() < 1e-12);
     }
 
@@ -479,13 +511,14 @@ mod tests {
         let r = parse("drop=0.5").unwrap();
         assert_eq!(r.direction, Direction::Egress);
         assert_eq!(r.protocol, Protocol::Any);
-        assert_eq!((r.dport, r.sport, r.dst, r.src), (None, None, None, None));
+        assert_eq!((r.dport, r.sport), (None, None));
+        assert!(r.dst.is_empty() && r.src.is_empty());
     }
 
     #[test]
     fn bare_address_is_a_host_prefix() {
         let r = parse("dst=2001:db8::1").unwrap();
-        assert_eq!(r.dst, Some("2001:db8::1/128".parse().unwrap()));
+        assert_eq!(r.dst, vec!["2001:db8::1/128".parse::<IpNet>().unwrap()]);
     }
 
     #[test]
@@ -682,5 +715,25 @@ mod tests {
         ));
         let msg = parse("dst=198.18.0.5/24").unwrap_err().to_string();
         assert!(msg.contains("dst=198.18.0.0/24"), "{msg}");
+        // A family on both sides is enough; the other family's prefixes never match.
+        assert!(parse("src=198.18.0.0/15,2001:db8::/32 dst=2001:db8::2").is_ok());
+    }
+
+    #[test]
+    fn prefix_lists() {
+        let r = parse("dst=198.18.0.3,198.18.0.2/32,2001:db8::/64,198.18.0.3").unwrap();
+        let want: Vec<IpNet> = ["198.18.0.2/32", "198.18.0.3/32", "2001:db8::/64"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(r.dst, want, "sorted, repeats gone");
+        assert!(matches!(
+            parse("dst=198.18.0.2,"),
+            Err(RuleError::Cidr { value, .. }) if value.is_empty()
+        ));
+        assert!(matches!(
+            parse("src=198.18.0.0/24,198.18.1.5/24"),
+            Err(RuleError::HostBits { .. })
+        ));
     }
 }

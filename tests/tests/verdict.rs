@@ -736,3 +736,29 @@ fn rate_is_exact_from_100kbit_to_gigabits() {
         "100kbit: {from_start} ns, want {want}"
     );
 }
+
+#[test]
+fn a_prefix_list_matches_any_of_its_hosts_and_networks() {
+    let mut h = Harness::new(&["proto=udp dst=198.18.0.3,198.18.1.0/24,2001:db8::2 drop=1"]);
+    assert_eq!(
+        h.egress(&udp4(V4_SERVER, 9000)),
+        PASS,
+        "198.18.0.2 is not listed"
+    );
+    assert_eq!(h.egress(&udp4(V4_OTHER, 9000)), DROP, "a listed host");
+    assert_eq!(
+        h.egress(&udp4([198, 18, 1, 77], 9000)),
+        DROP,
+        "a listed network"
+    );
+    let v6 = |dst: [u8; 16]| {
+        [
+            eth(0x86dd),
+            ipv6(IPPROTO_UDP, V6_CLIENT, dst, &[], &l4(40000, 9000)),
+        ]
+        .concat()
+    };
+    assert_eq!(h.egress(&v6(V6_SERVER)), DROP, "the listed IPv6 host");
+    assert_eq!(h.egress(&v6(V6_CLIENT)), PASS);
+    assert_eq!(h.counters()[0].matched_pkts, 3);
+}

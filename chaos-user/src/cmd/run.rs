@@ -76,7 +76,8 @@ RULE is space-separated key=value pairs:
   proto=tcp|udp|any      protocol (default any; with ports, any means tcp or udp)
   dport=N | dport=N-M    destination port or inclusive range (1-65535)
   sport=N | sport=N-M    source port or range
-  dst=CIDR  src=CIDR     IPv4 or IPv6 prefix; a bare address means that host
+  dst=CIDR  src=CIDR     IPv4 or IPv6 prefix, or a list: dst=10.0.0.5,10.0.1.0/24;
+                         a bare address means that host
   drop=P                 share of wire packets lost: 0..1 or a percentage (30%)
   delay=D jitter=D dist=uniform|normal|pareto|paretonormal delay-p=P
                          added latency (EDT + fq), its spread, the share delayed

@@ -253,8 +253,8 @@ pub fn run(ctx: &Ctx) -> Section {
          {jited} bytes JIT-compiled."
     ));
     section.note(
-        "A rule set holds at most 64 rules; prefix counts past the rules' own are extra \
-         destination entries beside the looked-up host (198.18.0.0/16, 2001:db8::/112). \
+        "A rule set holds at most 64 rules; prefix counts past that are the rules' dst= lists, \
+         beside the looked-up host (198.18.0.0/16, 2001:db8::/112). \
          \"hosts\" are /32 and /128 prefixes, which chaos keeps in hash tables; \"networks\" \
          are /30 and /126 prefixes in the LPM tries, with the hit rule's own prefix a network \
          too, so its lookup walks the dense part of the trie.",

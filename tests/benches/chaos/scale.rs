@@ -1,11 +1,9 @@
-//! Rule sets of a given size for the scale runs, as compiled map entries.
+//! Rule sets of a given size for the scale runs, compiled from rule text as users write it.
 //!
-//! A rule set holds at most 64 rules (one bit each in a `RuleMask`), and each rule one prefix
-//! per field, so the prefix counts beyond that are synthetic: extra /32 (IPv4) and /128 (IPv6)
-//! destination entries written straight into the tries, each carrying an ordinary rule's bit.
-//! They sit in the test networks right beside the addresses the bench looks up
-//! (198.18.0.0/16, 2001:db8::/112), so a lookup walks the dense part of the trie: the worst
-//! case, not a trie that branches away at the first bit.
+//! A rule set holds at most 64 rules (one bit each in a `RuleMask`), so the larger counts are
+//! prefixes: the rules' `dst=` lists. They sit in the test networks right beside the addresses
+//! the bench looks up (198.18.0.0/16, 2001:db8::/112), so a lookup walks the dense part of a
+//! trie: the worst case, not a trie that branches away at the first bit.
 
 use chaos_user::{
     compile::{CompiledRules, compile},
@@ -72,47 +70,60 @@ pub fn rule_set_shaped(
         Fault::Drop => "drop=100%",
         Fault::Delay => "delay=10ms",
     };
-    let mut texts = vec![format!("proto=udp dport={HIT_PORT} dst={server} {fault}")];
-    for i in 1..rules {
-        let dst = if v6 {
-            format!("2001:db8:1::{i:x}/128")
-        } else {
-            format!("198.19.0.{i}/32")
-        };
-        texts.push(format!("proto=udp dport={} dst={dst} drop=1", 10000 + i));
-    }
-    let parsed: Vec<Rule> = texts.iter().map(|t| t.parse().unwrap()).collect();
-    let mut compiled = compile(&parsed).unwrap();
-    // The rules' own prefixes count towards the total.
+    // The rules' own prefixes count towards the total; the rest are spread over the rules'
+    // lists (rule 0's only when it is alone). Hosts from .17 (clear of the client and server);
+    // networks from the second /30 or /126.
     let extra = prefixes.saturating_sub(rules);
-    let bit = |k: usize| 1u64 << (1 + k % rules.max(2).saturating_sub(1)).min(63);
-    // Hosts from .17 (clear of the client and server); networks from the second /30 or /126.
     let (step, len4, len6, mut at) = match shape {
         Shape::Hosts => (1u32, 32, 128, 16u32),
         Shape::Nets => (4, 30, 126, 0),
     };
+    let mut lists: Vec<Vec<String>> = vec![Vec::new(); rules];
     for k in 0..extra {
         at += step;
         let [_, _, a, b] = at.to_be_bytes();
-        if v6 {
+        let net = if v6 {
             let mut addr = SERVER_V6;
             addr[12] = (at >> 24) as u8;
             addr[13] = (at >> 16) as u8;
             addr[14] = a;
             addr[15] = b;
-            compiled
-                .dst6
-                .push((Ipv6Net::new(addr.into(), len6).unwrap().trunc(), bit(k)));
+            Ipv6Net::new(addr.into(), len6).unwrap().trunc().to_string()
         } else {
             assert!(
                 at < 1 << 16,
                 "at most 65,000 IPv4 prefixes beside the server"
             );
-            compiled.dst4.push((
-                Ipv4Net::new([198, 18, a, b].into(), len4).unwrap().trunc(),
-                bit(k),
-            ));
-        }
+            Ipv4Net::new([198, 18, a, b].into(), len4)
+                .unwrap()
+                .trunc()
+                .to_string()
+        };
+        let owner = if rules == 1 { 0 } else { 1 + k % (rules - 1) };
+        lists[owner].push(net);
     }
-    compiled
+    let with = |own: String, list: &[String]| {
+        std::iter::once(own)
+            .chain(list.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut texts = vec![format!(
+        "proto=udp dport={HIT_PORT} dst={} {fault}",
+        with(server.to_owned(), &lists[0])
+    )];
+    for (i, list) in lists.iter().enumerate().skip(1) {
+        let own = if v6 {
+            format!("2001:db8:1::{i:x}/128")
+        } else {
+            format!("198.19.0.{i}/32")
+        };
+        texts.push(format!(
+            "proto=udp dport={} dst={} drop=1",
+            10000 + i,
+            with(own, list)
+        ));
+    }
+    let parsed: Vec<Rule> = texts.iter().map(|t| t.parse().unwrap()).collect();
+    compile(&parsed).expect("the rule set compiles")
 }
