@@ -190,6 +190,32 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// CPU time of the calling thread in ns (CLOCK_THREAD_CPUTIME_ID).
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; the clock always exists.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime: {}", io::Error::last_os_error());
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Index of `iface` in the calling thread's namespace.
+pub fn ifindex(iface: &str) -> u32 {
+    let name = std::ffi::CString::new(iface).unwrap();
+    // SAFETY: a valid C string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(
+        index,
+        0,
+        "if_nametoindex {iface}: {}",
+        io::Error::last_os_error()
+    );
+    index
+}
+
 /// One datagram as received: its sequence number and one-way latency.
 #[derive(Clone, Copy, Debug)]
 pub struct Arrival {
@@ -282,7 +308,8 @@ impl UdpCounter {
     }
 }
 
-fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
+/// Sets a socket's receive buffer to `bytes`, past `rmem_max`.
+pub fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
     // SO_RCVBUFFORCE ignores rmem_max (we are root): a burst of 20,000 datagrams must not
     // overflow the socket and look like injected loss.
     // SAFETY: valid fd and option value.

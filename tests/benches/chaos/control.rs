@@ -29,7 +29,7 @@ use crate::{
     Ctx,
     report::{Section, Table},
     scale::{self, Fault},
-    stats::{f, median, percentile},
+    stats::{f, median, min_max, percentile},
 };
 
 const EVERY: Duration = Duration::from_micros(50);
@@ -164,7 +164,7 @@ pub fn run(ctx: &Ctx) -> Section {
     }
     let (mc, md) = (median(&create_us), median(&delete_us));
     let mut table = Table::new("", &["step", "median µs", "p99 / max µs", "samples"]);
-    let max = |v: &[f64]| v.iter().copied().fold(f64::MIN, f64::max);
+    let max = |v: &[f64]| min_max(v).1;
     table.row(vec![
         "API create → first datagram lost".into(),
         f(mc, 0),

@@ -29,10 +29,8 @@
 //! `udp_cpu_added_ns` is the difference of the block's means.
 
 use std::{
-    ffi::CString,
     io,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -48,20 +46,21 @@ use aya::{
         tc::{SchedClassifierLinkId, TcAttachOptions},
     },
 };
-use chaos_common::rules::PROTO_TCP;
 use chaos_user::{
-    compile::CompiledRules,
     datapath::{AttachMode, Datapath, PROGRAM_OBJECT},
     rule::Direction,
 };
-use netlab::{IFACE, Lab, OTHER_V4, SERVER_V4, in_netns, spawn_in_netns, tcp_bulk};
+use netlab::{
+    IFACE, Lab, OTHER_V4, SERVER_V4, ifindex, in_netns, set_rcvbuf, spawn_in_netns, tcp_bulk,
+    thread_cpu_ns,
+};
 use serde_json::{Value, json};
 
 use crate::{
     Ctx,
     report::{Section, Table},
-    scale::{self, Fault, HIT_PORT},
-    stats::{f, median},
+    scale::{self, HIT_PORT},
+    stats::{f, median, min_max},
 };
 
 const ID: &str = "e2e";
@@ -182,39 +181,6 @@ impl Measure {
     }
 }
 
-/// The rule sets of scale.rs, with rule 0 taking TCP as well as UDP (what `proto=any` with
-/// ports compiles to), so the TCP flow runs the same lookups as the UDP one.
-fn rule_set(rules: usize, prefixes: usize) -> CompiledRules {
-    let mut set = scale::rule_set(rules, prefixes, Fault::Pass, false);
-    set.settings.proto_rules[PROTO_TCP] |= 1;
-    set
-}
-
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer; the clock always exists.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime: {}", io::Error::last_os_error());
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Index of `iface` in the calling thread's namespace.
-fn ifindex(iface: &str) -> u32 {
-    let name = CString::new(iface).unwrap();
-    // SAFETY: valid C string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert_ne!(
-        index,
-        0,
-        "if_nametoindex {iface}: {}",
-        io::Error::last_os_error()
-    );
-    index
-}
-
 /// A program the bench attaches: chaos's, or the no-op classifier from the same object.
 enum Program {
     Chaos(Box<Datapath>),
@@ -239,9 +205,10 @@ impl Program {
         Ok(Self::Noop { ebpf, link: None })
     }
 
-    fn chaos(&self) -> &Datapath {
+    /// Packets chaos's rule 0 has matched so far.
+    fn rule0_matched(&self) -> u64 {
         match self {
-            Self::Chaos(dp) => dp,
+            Self::Chaos(dp) => dp.counters_of(0).unwrap().matched_pkts,
             Self::Noop { .. } => unreachable!("the no-op has no counters"),
         }
     }
@@ -282,20 +249,6 @@ fn detach(slot: &mut Option<Program>) {
                 .expect("detach the no-op program");
         }
     }
-}
-
-fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
-    // SAFETY: valid fd and option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&raw const bytes).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", io::Error::last_os_error());
 }
 
 /// Sends `count` datagrams as fast as one thread can from `lab.a` to `dst` in `lab.b`.
@@ -389,22 +342,15 @@ fn measure(lab: &Lab, datagrams: u64, tcp_bytes: u64) -> Measure {
 fn summary(v: &[f64]) -> Value {
     json!({
         "median": median(v),
-        "min": v.iter().copied().fold(f64::INFINITY, f64::min),
-        "max": v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        "min": min_max(v).0,
+        "max": min_max(v).1,
         "rounds": v,
     })
 }
 
-fn range(v: &[f64]) -> (f64, f64) {
-    (
-        v.iter().copied().fold(f64::INFINITY, f64::min),
-        v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-    )
-}
-
 /// "0.991 [0.985–0.998]"
 fn ratio_cell(v: &[f64]) -> String {
-    let (lo, hi) = range(v);
+    let (lo, hi) = min_max(v);
     format!("{} [{}–{}]", f(median(v), 3), f(lo, 3), f(hi, 3))
 }
 
@@ -422,8 +368,8 @@ pub fn run(ctx: &Ctx) -> Section {
     let tcp_bytes: u64 = ctx.scale(256 << 20, 64 << 20);
     let rounds: usize = ctx.scale(12, 3);
 
-    let no_match = rule_set(1, 1);
-    let big = rule_set(64, PREFIXES);
+    let no_match = scale::rule_set_tcp_and_udp(1, 1);
+    let big = scale::rule_set_tcp_and_udp(64, PREFIXES);
     let big_dst4 = big.dst4.len();
 
     // Labs first: locals drop in reverse order, so the programs detach before the namespaces go.
@@ -459,24 +405,11 @@ pub fn run(ctx: &Ctx) -> Section {
     for (p, lab) in labs.iter().enumerate() {
         for config in [Config::NoMatch, Config::Prefixes10k] {
             let slot = &mut programs[config.slot().unwrap()];
-            let before = slot
-                .as_ref()
-                .unwrap()
-                .chaos()
-                .counters_of(0)
-                .unwrap()
-                .matched_pkts;
+            let before = slot.as_ref().unwrap().rule0_matched();
             attach(slot, &lab.a);
             let (sent, _, _, _, _) = udp_flood(lab, (SERVER_V4, HIT_PORT).into(), HITS);
             detach(slot);
-            let matched = slot
-                .as_ref()
-                .unwrap()
-                .chaos()
-                .counters_of(0)
-                .unwrap()
-                .matched_pkts
-                - before;
+            let matched = slot.as_ref().unwrap().rule0_matched() - before;
             sane &= sent == HITS && matched == HITS;
             sanity.push(json!({
                 "config": config.id(), "pair": PAIRS[p], "hit_datagrams": sent, "matched": matched,
@@ -485,14 +418,7 @@ pub fn run(ctx: &Ctx) -> Section {
     }
     let matched_before: Vec<u64> = programs[..2]
         .iter()
-        .map(|s| {
-            s.as_ref()
-                .unwrap()
-                .chaos()
-                .counters_of(0)
-                .unwrap()
-                .matched_pkts
-        })
+        .map(|s| s.as_ref().unwrap().rule0_matched())
         .collect();
 
     // Warm-up, not recorded.
@@ -574,15 +500,7 @@ pub fn run(ctx: &Ctx) -> Section {
     let stray: Vec<u64> = programs[..2]
         .iter()
         .zip(&matched_before)
-        .map(|(s, b)| {
-            s.as_ref()
-                .unwrap()
-                .chaos()
-                .counters_of(0)
-                .unwrap()
-                .matched_pkts
-                - b
-        })
+        .map(|(s, b)| s.as_ref().unwrap().rule0_matched() - b)
         .collect();
     sane &= stray.iter().all(|&n| n == 0);
     drop(programs);
@@ -646,7 +564,7 @@ pub fn run(ctx: &Ctx) -> Section {
     );
     let mut comparisons = serde_json::Map::new();
     for (cmp, b) in comparisons_run.iter().zip(&blocks) {
-        let (lo, hi) = range(&b.udp_cpu_added);
+        let (lo, hi) = min_max(&b.udp_cpu_added);
         ratios.row(vec![
             cmp.label.to_owned(),
             ratio_cell(&b.udp_pps),
@@ -675,8 +593,8 @@ pub fn run(ctx: &Ctx) -> Section {
     let block = |id: &str| &blocks[comparisons_run.iter().position(|c| c.id == id).unwrap()];
     let aa = block("aa");
     let nm = block("no-match");
-    let (aa_lo, aa_hi) = range(&aa.tcp);
-    let (aau_lo, aau_hi) = range(&aa.udp_pps);
+    let (aa_lo, aa_hi) = min_max(&aa.tcp);
+    let (aau_lo, aau_hi) = min_max(&aa.udp_pps);
     let tcp_ratio = median(&nm.tcp);
     let udp_ratio = median(&nm.udp_pps);
     section.target(

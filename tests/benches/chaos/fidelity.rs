@@ -13,7 +13,9 @@ use chaos_user::{
     datapath::{AttachMode, Datapath},
     rule::{Direction, Rule},
 };
-use netlab::{IFACE, Lab, SERVER_V4, UdpCounter, heavy_traffic, in_netns, tcp_bulk, udp_send};
+use netlab::{
+    IFACE, Lab, SERVER_V4, UdpCounter, heavy_traffic, ifindex, in_netns, tcp_bulk, udp_send,
+};
 use serde_json::json;
 
 use crate::{
@@ -21,14 +23,6 @@ use crate::{
     report::{Section, Table},
     stats::binomial_band,
 };
-
-fn ifindex(name: &str) -> u32 {
-    let c = std::ffi::CString::new(name).unwrap();
-    // SAFETY: a valid C string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    assert_ne!(i, 0, "no interface {name}");
-    i
-}
 
 fn attached(lab: &Lab) -> Datapath {
     let mut dp = Datapath::load().expect("load chaos's program");

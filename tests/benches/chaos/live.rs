@@ -16,7 +16,7 @@ use chaos_user::{
     datapath::{AttachMode, Datapath},
     rule::Direction,
 };
-use netlab::{IFACE, Lab, SERVER_V4, UdpCounter, in_netns, udp_send};
+use netlab::{IFACE, Lab, SERVER_V4, UdpCounter, ifindex, in_netns, udp_send};
 use serde_json::json;
 
 use crate::{
@@ -26,14 +26,6 @@ use crate::{
     scale::{self, Fault, HIT_PORT, MISS_PORT},
     stats::{f, median},
 };
-
-fn ifindex(name: &str) -> u32 {
-    let c = std::ffi::CString::new(name).unwrap();
-    // SAFETY: a valid C string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    assert_ne!(i, 0, "no interface {name}");
-    i
-}
 
 fn totals(info: &ProgramInfo) -> (f64, u64) {
     (info.run_time().as_nanos() as f64, info.run_count())

@@ -32,7 +32,6 @@
 //! the figures are medians over slices.
 
 use std::{
-    ffi::CString,
     io::{self, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     os::unix::process::CommandExt as _,
@@ -51,13 +50,13 @@ use chaos_user::{
     datapath::{AttachMode, Datapath},
     rule::{Direction, Rule},
 };
-use netlab::{CLIENT_V4, IFACE, Lab, SERVER_V4, in_netns};
+use netlab::{CLIENT_V4, IFACE, Lab, SERVER_V4, ifindex, in_netns};
 use serde_json::{Value, json};
 
 use crate::{
     Ctx,
     report::{Section, Table},
-    stats::{f, median, percentile},
+    stats::{f, median, min_max, percentile},
 };
 
 const ID: &str = "proxy";
@@ -298,20 +297,6 @@ fn socat_version(socat: &std::path::Path) -> String {
         .unwrap_or_default()
 }
 
-/// Index of `iface` in the calling thread's namespace.
-fn ifindex(iface: &str) -> u32 {
-    let name = CString::new(iface).unwrap();
-    // SAFETY: valid C string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert_ne!(
-        index,
-        0,
-        "if_nametoindex {iface}: {}",
-        io::Error::last_os_error()
-    );
-    index
-}
-
 /// Sends `bytes` to the sink at `addr` from namespace `ns`; returns bytes/s from the first
 /// write until the sink closed after reading all of it.
 fn bulk(ns: &str, addr: SocketAddr, bytes: u64) -> f64 {
@@ -375,13 +360,6 @@ fn round_trips(stream: &mut TcpStream, count: usize) -> Vec<f64> {
 
 fn summary(v: &[f64]) -> Value {
     json!({ "median": median(v), "rounds": v })
-}
-
-fn range(v: &[f64]) -> (f64, f64) {
-    (
-        v.iter().copied().fold(f64::INFINITY, f64::min),
-        v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-    )
 }
 
 /// chaos's program, attached only while the chaos path runs.
@@ -556,7 +534,7 @@ pub fn run(ctx: &Ctx) -> Section {
     // A typical slice's difference between two identical runs: the median, not the largest,
     // so one slice disturbed by the rest of the machine does not swallow every figure.
     let noise = median(&aa.iter().map(|d| d.abs()).collect::<Vec<_>>());
-    let (aa_lo, aa_hi) = range(&aa);
+    let (aa_lo, aa_hi) = min_max(&aa);
 
     let mut section = Section::new(ID, TITLE);
     let mut paths_json = serde_json::Map::new();
@@ -621,7 +599,7 @@ pub fn run(ctx: &Ctx) -> Section {
 
     let sane = during_chaos > 0 && during_other == 0;
     let chaos_over_proxy = ratio(Path::Chaos, Path::Proxy);
-    let (cp_lo, cp_hi) = range(&chaos_over_proxy);
+    let (cp_lo, cp_hi) = min_max(&chaos_over_proxy);
     let cp = median(&chaos_over_proxy);
     section.target(
         "vs proxy throughput",

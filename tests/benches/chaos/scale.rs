@@ -58,6 +58,23 @@ pub fn rule_set_shaped(
     v6: bool,
     shape: Shape,
 ) -> CompiledRules {
+    build(rules, prefixes, fault, v6, shape, "udp")
+}
+
+/// [`rule_set`] (IPv4 hosts, drop=0) with rule 0 taking TCP as well as UDP.
+pub fn rule_set_tcp_and_udp(rules: usize, prefixes: usize) -> CompiledRules {
+    build(rules, prefixes, Fault::Pass, false, Shape::Hosts, "any")
+}
+
+/// Rule 0 matches `proto` (with its port, both TCP and UDP for `any`).
+fn build(
+    rules: usize,
+    prefixes: usize,
+    fault: Fault,
+    v6: bool,
+    shape: Shape,
+    proto: &str,
+) -> CompiledRules {
     assert!((1..=64).contains(&rules), "1..=64 rules");
     let server = match (v6, shape) {
         (true, Shape::Hosts) => "2001:db8::2/128",
@@ -109,7 +126,7 @@ pub fn rule_set_shaped(
             .join(",")
     };
     let mut texts = vec![format!(
-        "proto=udp dport={HIT_PORT} dst={} {fault}",
+        "proto={proto} dport={HIT_PORT} dst={} {fault}",
         with(server.to_owned(), &lists[0])
     )];
     for (i, list) in lists.iter().enumerate().skip(1) {

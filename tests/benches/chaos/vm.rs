@@ -72,7 +72,6 @@
 use std::{
     io::{self, Write as _},
     net::{Ipv4Addr, SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
     panic::{AssertUnwindSafe, catch_unwind},
     path::Path,
     process::{Command, Stdio},
@@ -86,7 +85,7 @@ use std::{
 
 use netlab::{
     ChaosProcess, IFACE, Lab, SERVER_V4, UdpCounter, in_netns, monotonic_ns, spawn_in_netns,
-    tcp_bulk, udp_send_to, vm,
+    tcp_bulk, thread_cpu_ns, udp_send_to, vm,
 };
 use serde_json::{Value, json};
 
@@ -658,16 +657,6 @@ fn pin_to(cpu: usize) {
     }
 }
 
-fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer; CLOCK_THREAD_CPUTIME_ID always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 // ------------------------------------------------------------------------------------- cost
 
 /// Datagrams between two readings of the sender's CPU clock.
@@ -732,17 +721,7 @@ impl Sink {
         let handle = spawn_in_netns(ns, move || {
             pin_to(1);
             let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-            let bytes: libc::c_int = 64 << 20;
-            // SAFETY: valid fd and option value. SO_RCVBUFFORCE ignores rmem_max (root).
-            unsafe {
-                libc::setsockopt(
-                    sock.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVBUFFORCE,
-                    (&raw const bytes).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
+            netlab::set_rcvbuf(&sock, 64 << 20);
             sock.set_read_timeout(Some(Duration::from_millis(20)))
                 .unwrap();
             tx.send(()).unwrap();
