@@ -3,16 +3,17 @@
 use aya_ebpf::{
     bindings::TC_ACT_REDIRECT,
     helpers::{bpf_ktime_get_coarse_ns, bpf_redirect},
-    maps::{Array, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
     programs::TcContext,
 };
 use chaos_common::{
     GenSettings, RuleAction, RuleCounters, RuntimeConfig,
     rules::{
         ACTION_F_DELAY, ACTION_F_RATE, CONFIG_F_REVERSE_TCP_DELAY, DIR_EGRESS, DIR_INGRESS,
-        FAMILY_V4, FlowKey, LOOKUP_DST4_HOSTS, LOOKUP_DST4_NETS, LOOKUP_DST6_HOSTS,
-        LOOKUP_DST6_NETS, LOOKUP_SRC4_HOSTS, LOOKUP_SRC4_NETS, LOOKUP_SRC6_HOSTS, LOOKUP_SRC6_NETS,
-        LPM_GEN_BITS, MAX_GUARD_PORTS, MAX_RULES, PORTS, PROTO_TCP, RuleMask,
+        FAMILY_V4, FlowKey, Ipv4HostKey, Ipv4LpmData, Ipv6HostKey, Ipv6LpmData, LOOKUP_DST4_HOSTS,
+        LOOKUP_DST4_NETS, LOOKUP_DST6_HOSTS, LOOKUP_DST6_NETS, LOOKUP_SRC4_HOSTS, LOOKUP_SRC4_NETS,
+        LOOKUP_SRC6_HOSTS, LOOKUP_SRC6_NETS, LPM_GEN_BITS, MAX_GUARD_PORTS, MAX_RULES, PORTS,
+        PROTO_TCP, RuleMask,
     },
 };
 
@@ -97,62 +98,52 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
     let (src_any, dst_any) = (settings.src_any[family & 1], settings.dst_any[family & 1]);
     let lookups = settings.lookups;
     if family == FAMILY_V4 {
-        let (src, dst) = (v4_data(key_gen, &flow.src), v4_data(key_gen, &flow.dst));
         rules = narrow(rules, src_any, || {
-            addr_rules(
-                lookups & LOOKUP_SRC4_HOSTS != 0,
-                // SAFETY: the value is copied out at once.
-                || unsafe { CHAOS_SRC4_HOSTS.get(src) }.copied(),
-                lookups & LOOKUP_SRC4_NETS != 0,
-                || {
-                    CHAOS_SRC4_RULES
-                        .get(Key::new(LPM_GEN_BITS + 32, src))
-                        .copied()
-                },
+            let (hosts, nets) = (&CHAOS_SRC4_HOSTS, &CHAOS_SRC4_RULES);
+            let has = (LOOKUP_SRC4_HOSTS, LOOKUP_SRC4_NETS);
+            v4_rules(
+                hosts,
+                nets,
+                lookups,
+                has,
+                v4_data(key_gen, &flow.src),
                 src_any,
             )
         });
         rules = narrow(rules, dst_any, || {
-            addr_rules(
-                lookups & LOOKUP_DST4_HOSTS != 0,
-                // SAFETY: the value is copied out at once.
-                || unsafe { CHAOS_DST4_HOSTS.get(dst) }.copied(),
-                lookups & LOOKUP_DST4_NETS != 0,
-                || {
-                    CHAOS_DST4_RULES
-                        .get(Key::new(LPM_GEN_BITS + 32, dst))
-                        .copied()
-                },
+            let (hosts, nets) = (&CHAOS_DST4_HOSTS, &CHAOS_DST4_RULES);
+            let has = (LOOKUP_DST4_HOSTS, LOOKUP_DST4_NETS);
+            v4_rules(
+                hosts,
+                nets,
+                lookups,
+                has,
+                v4_data(key_gen, &flow.dst),
                 dst_any,
             )
         });
     } else {
-        let (src, dst) = (v6_data(key_gen, &flow.src), v6_data(key_gen, &flow.dst));
         rules = narrow(rules, src_any, || {
-            addr_rules(
-                lookups & LOOKUP_SRC6_HOSTS != 0,
-                // SAFETY: the value is copied out at once.
-                || unsafe { CHAOS_SRC6_HOSTS.get(src) }.copied(),
-                lookups & LOOKUP_SRC6_NETS != 0,
-                || {
-                    CHAOS_SRC6_RULES
-                        .get(Key::new(LPM_GEN_BITS + 128, src))
-                        .copied()
-                },
+            let (hosts, nets) = (&CHAOS_SRC6_HOSTS, &CHAOS_SRC6_RULES);
+            let has = (LOOKUP_SRC6_HOSTS, LOOKUP_SRC6_NETS);
+            v6_rules(
+                hosts,
+                nets,
+                lookups,
+                has,
+                v6_data(key_gen, &flow.src),
                 src_any,
             )
         });
         rules = narrow(rules, dst_any, || {
-            addr_rules(
-                lookups & LOOKUP_DST6_HOSTS != 0,
-                // SAFETY: the value is copied out at once.
-                || unsafe { CHAOS_DST6_HOSTS.get(dst) }.copied(),
-                lookups & LOOKUP_DST6_NETS != 0,
-                || {
-                    CHAOS_DST6_RULES
-                        .get(Key::new(LPM_GEN_BITS + 128, dst))
-                        .copied()
-                },
+            let (hosts, nets) = (&CHAOS_DST6_HOSTS, &CHAOS_DST6_RULES);
+            let has = (LOOKUP_DST6_HOSTS, LOOKUP_DST6_NETS);
+            v6_rules(
+                hosts,
+                nets,
+                lookups,
+                has,
+                v6_data(key_gen, &flow.dst),
                 dst_any,
             )
         });
@@ -236,22 +227,52 @@ fn port_rules(map: &Array<RuleMask>, generation: u32, port: u16) -> RuleMask {
         .unwrap_or(0)
 }
 
-/// The rules an address takes part in: the host table first (an exact, hashed lookup), then the
-/// prefix trie, each only if the rule set has entries there; neither finding it leaves the rules
-/// that take any address.
+/// The rules an IPv4 address (with its generation, `key`) takes part in: the host table first
+/// (an exact, hashed lookup), then the prefix trie, each only if `lookups` has its bit from
+/// `has` (hosts, networks); neither finding it leaves the rules that take any address.
 #[inline(always)]
-fn addr_rules(
-    has_hosts: bool,
-    host: impl FnOnce() -> Option<RuleMask>,
-    has_nets: bool,
-    net: impl FnOnce() -> Option<RuleMask>,
+fn v4_rules(
+    hosts: &HashMap<Ipv4HostKey, RuleMask>,
+    nets: &LpmTrie<Ipv4LpmData, RuleMask>,
+    lookups: u32,
+    (host_bit, net_bit): (u32, u32),
+    key: [u8; 5],
     any: RuleMask,
 ) -> RuleMask {
-    if has_hosts && let Some(mask) = host() {
-        return mask;
+    if lookups & host_bit != 0
+        // SAFETY: the value is copied out at once.
+        && let Some(mask) = unsafe { hosts.get(key) }
+    {
+        return *mask;
     }
-    if has_nets && let Some(mask) = net() {
-        return mask;
+    if lookups & net_bit != 0
+        && let Some(mask) = nets.get(Key::new(LPM_GEN_BITS + 32, key))
+    {
+        return *mask;
+    }
+    any
+}
+
+/// [`v4_rules`] for an IPv6 address.
+#[inline(always)]
+fn v6_rules(
+    hosts: &HashMap<Ipv6HostKey, RuleMask>,
+    nets: &LpmTrie<Ipv6LpmData, RuleMask>,
+    lookups: u32,
+    (host_bit, net_bit): (u32, u32),
+    key: [u8; 17],
+    any: RuleMask,
+) -> RuleMask {
+    if lookups & host_bit != 0
+        // SAFETY: the value is copied out at once.
+        && let Some(mask) = unsafe { hosts.get(key) }
+    {
+        return *mask;
+    }
+    if lookups & net_bit != 0
+        && let Some(mask) = nets.get(Key::new(LPM_GEN_BITS + 128, key))
+    {
+        return *mask;
     }
     any
 }
