@@ -13,10 +13,9 @@ use aya::{
 use chaos_common::{
     GenSettings, RuleAction, RuleCounters, RuntimeConfig,
     rules::{
-        CONFIG_F_REVERSE_TCP_DELAY, FlowKey, Ipv4HostKey, Ipv4LpmData, Ipv6HostKey, Ipv6LpmData,
-        LOOKUP_DST4_HOSTS, LOOKUP_DST4_NETS, LOOKUP_DST6_HOSTS, LOOKUP_DST6_NETS,
-        LOOKUP_SRC4_HOSTS, LOOKUP_SRC4_NETS, LOOKUP_SRC6_HOSTS, LOOKUP_SRC6_NETS, LPM_GEN_BITS,
-        MAX_RULES, PORTS, RuleMask,
+        CONFIG_F_REVERSE_TCP_DELAY, FlowKey, Ipv4LpmData, Ipv6LpmData, LOOKUP_DST4_HOSTS,
+        LOOKUP_DST4_NETS, LOOKUP_DST6_HOSTS, LOOKUP_DST6_NETS, LOOKUP_SRC4_HOSTS, LOOKUP_SRC4_NETS,
+        LOOKUP_SRC6_HOSTS, LOOKUP_SRC6_NETS, LPM_GEN_BITS, MAX_RULES, PORTS, RuleMask,
     },
 };
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -128,14 +127,10 @@ struct Maps {
     settings: Array<MapData, GenSettings>,
     dport: Array<MapData, RuleMask>,
     sport: Array<MapData, RuleMask>,
-    src4: LpmTrie<MapData, Ipv4LpmData, RuleMask>,
-    dst4: LpmTrie<MapData, Ipv4LpmData, RuleMask>,
-    src6: LpmTrie<MapData, Ipv6LpmData, RuleMask>,
-    dst6: LpmTrie<MapData, Ipv6LpmData, RuleMask>,
-    src4_hosts: HashMap<MapData, Ipv4HostKey, RuleMask>,
-    dst4_hosts: HashMap<MapData, Ipv4HostKey, RuleMask>,
-    src6_hosts: HashMap<MapData, Ipv6HostKey, RuleMask>,
-    dst6_hosts: HashMap<MapData, Ipv6HostKey, RuleMask>,
+    src4: AddrTables<Ipv4Net>,
+    dst4: AddrTables<Ipv4Net>,
+    src6: AddrTables<Ipv6Net>,
+    dst6: AddrTables<Ipv6Net>,
     actions: Array<MapData, RuleAction>,
     counters: PerCpuArray<MapData, RuleCounters>,
     dist_tables: Array<MapData, i16>,
@@ -193,14 +188,26 @@ impl Datapath {
             settings: take(&mut ebpf, "CHAOS_SETTINGS")?,
             dport: take(&mut ebpf, "CHAOS_DPORT_RULES")?,
             sport: take(&mut ebpf, "CHAOS_SPORT_RULES")?,
-            src4: take(&mut ebpf, "CHAOS_SRC4_RULES")?,
-            dst4: take(&mut ebpf, "CHAOS_DST4_RULES")?,
-            src6: take(&mut ebpf, "CHAOS_SRC6_RULES")?,
-            dst6: take(&mut ebpf, "CHAOS_DST6_RULES")?,
-            src4_hosts: take(&mut ebpf, "CHAOS_SRC4_HOSTS")?,
-            dst4_hosts: take(&mut ebpf, "CHAOS_DST4_HOSTS")?,
-            src6_hosts: take(&mut ebpf, "CHAOS_SRC6_HOSTS")?,
-            dst6_hosts: take(&mut ebpf, "CHAOS_DST6_HOSTS")?,
+            src4: AddrTables::take(
+                &mut ebpf,
+                ("CHAOS_SRC4_HOSTS", "CHAOS_SRC4_RULES"),
+                (LOOKUP_SRC4_HOSTS, LOOKUP_SRC4_NETS),
+            )?,
+            dst4: AddrTables::take(
+                &mut ebpf,
+                ("CHAOS_DST4_HOSTS", "CHAOS_DST4_RULES"),
+                (LOOKUP_DST4_HOSTS, LOOKUP_DST4_NETS),
+            )?,
+            src6: AddrTables::take(
+                &mut ebpf,
+                ("CHAOS_SRC6_HOSTS", "CHAOS_SRC6_RULES"),
+                (LOOKUP_SRC6_HOSTS, LOOKUP_SRC6_NETS),
+            )?,
+            dst6: AddrTables::take(
+                &mut ebpf,
+                ("CHAOS_DST6_HOSTS", "CHAOS_DST6_RULES"),
+                (LOOKUP_DST6_HOSTS, LOOKUP_DST6_NETS),
+            )?,
             actions: take(&mut ebpf, "CHAOS_ACTIONS")?,
             counters: take(&mut ebpf, "CHAOS_COUNTERS")?,
             dist_tables: take(&mut ebpf, "CHAOS_DIST_TABLES")?,
@@ -298,67 +305,19 @@ impl Datapath {
     fn write(&mut self, generation: u32, rules: &CompiledRules) -> Result<()> {
         let m = &mut self.maps;
         let mut settings = rules.settings;
-        settings.lookups = lookups(rules);
+        settings.lookups = m.src4.lookups(&rules.src4)
+            | m.dst4.lookups(&rules.dst4)
+            | m.src6.lookups(&rules.src6)
+            | m.dst6.lookups(&rules.dst6);
         m.settings
             .set(generation, settings, 0)
             .map_err(map_err("CHAOS_SETTINGS"))?;
         set_ports(&mut m.dport, "CHAOS_DPORT_RULES", generation, &rules.dport)?;
         set_ports(&mut m.sport, "CHAOS_SPORT_RULES", generation, &rules.sport)?;
-        let g = generation as u8;
-        let (tables4, tables6) = (
-            [
-                (
-                    &mut m.src4,
-                    &mut m.src4_hosts,
-                    &rules.src4,
-                    ("CHAOS_SRC4_RULES", "CHAOS_SRC4_HOSTS"),
-                ),
-                (
-                    &mut m.dst4,
-                    &mut m.dst4_hosts,
-                    &rules.dst4,
-                    ("CHAOS_DST4_RULES", "CHAOS_DST4_HOSTS"),
-                ),
-            ],
-            [
-                (
-                    &mut m.src6,
-                    &mut m.src6_hosts,
-                    &rules.src6,
-                    ("CHAOS_SRC6_RULES", "CHAOS_SRC6_HOSTS"),
-                ),
-                (
-                    &mut m.dst6,
-                    &mut m.dst6_hosts,
-                    &rules.dst6,
-                    ("CHAOS_DST6_RULES", "CHAOS_DST6_HOSTS"),
-                ),
-            ],
-        );
-        for (trie, hosts, entries, (trie_name, host_name)) in tables4 {
-            for (net, mask) in entries {
-                if net.prefix_len() == 32 {
-                    hosts
-                        .insert(v4_host(g, net), mask, 0)
-                        .map_err(map_err(host_name))?;
-                } else {
-                    trie.insert(&v4_key(generation, net), mask, 0)
-                        .map_err(map_err(trie_name))?;
-                }
-            }
-        }
-        for (trie, hosts, entries, (trie_name, host_name)) in tables6 {
-            for (net, mask) in entries {
-                if net.prefix_len() == 128 {
-                    hosts
-                        .insert(v6_host(g, net), mask, 0)
-                        .map_err(map_err(host_name))?;
-                } else {
-                    trie.insert(&v6_key(generation, net), mask, 0)
-                        .map_err(map_err(trie_name))?;
-                }
-            }
-        }
+        m.src4.insert(generation, &rules.src4)?;
+        m.dst4.insert(generation, &rules.dst4)?;
+        m.src6.insert(generation, &rules.src6)?;
+        m.dst6.insert(generation, &rules.dst6)?;
         for (i, action) in rules.actions.iter().enumerate() {
             m.actions
                 .set(generation * MAX_RULES + i as u32, action, 0)
@@ -386,53 +345,10 @@ impl Datapath {
             generation,
             &zero(&old.sport),
         )?;
-        let g = generation as u8;
-        for (trie, hosts, entries, (trie_name, host_name)) in [
-            (
-                &mut m.src4,
-                &mut m.src4_hosts,
-                &old.src4,
-                ("CHAOS_SRC4_RULES", "CHAOS_SRC4_HOSTS"),
-            ),
-            (
-                &mut m.dst4,
-                &mut m.dst4_hosts,
-                &old.dst4,
-                ("CHAOS_DST4_RULES", "CHAOS_DST4_HOSTS"),
-            ),
-        ] {
-            for (net, _) in entries {
-                if net.prefix_len() == 32 {
-                    hosts.remove(&v4_host(g, net)).map_err(map_err(host_name))?;
-                } else {
-                    trie.remove(&v4_key(generation, net))
-                        .map_err(map_err(trie_name))?;
-                }
-            }
-        }
-        for (trie, hosts, entries, (trie_name, host_name)) in [
-            (
-                &mut m.src6,
-                &mut m.src6_hosts,
-                &old.src6,
-                ("CHAOS_SRC6_RULES", "CHAOS_SRC6_HOSTS"),
-            ),
-            (
-                &mut m.dst6,
-                &mut m.dst6_hosts,
-                &old.dst6,
-                ("CHAOS_DST6_RULES", "CHAOS_DST6_HOSTS"),
-            ),
-        ] {
-            for (net, _) in entries {
-                if net.prefix_len() == 128 {
-                    hosts.remove(&v6_host(g, net)).map_err(map_err(host_name))?;
-                } else {
-                    trie.remove(&v6_key(generation, net))
-                        .map_err(map_err(trie_name))?;
-                }
-            }
-        }
+        m.src4.remove(generation, &old.src4)?;
+        m.dst4.remove(generation, &old.dst4)?;
+        m.src6.remove(generation, &old.src6)?;
+        m.dst6.remove(generation, &old.dst6)?;
         Ok(())
     }
 
@@ -652,62 +568,111 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Sche
         .map_err(|source| DatapathError::Program { name, source })
 }
 
-/// Which address tables a rule set has entries in (`GenSettings::lookups`): hosts go to the
-/// hash tables, shorter prefixes to the tries.
-fn lookups(rules: &CompiledRules) -> u32 {
-    let mut bits = 0;
-    for (entries, host_bit, net_bit) in [
-        (&rules.src4, LOOKUP_SRC4_HOSTS, LOOKUP_SRC4_NETS),
-        (&rules.dst4, LOOKUP_DST4_HOSTS, LOOKUP_DST4_NETS),
-    ] {
-        for (net, _) in entries {
-            bits |= if net.prefix_len() == 32 {
-                host_bit
-            } else {
-                net_bit
-            };
-        }
+/// A prefix type the address tables hold: its key data is the generation byte, then the
+/// address in network order.
+trait TableNet: Copy {
+    type Data: Pod;
+    /// Bits of the address: a prefix this long is a host.
+    const BITS: u8;
+    fn len(&self) -> u8;
+    fn data(&self, generation: u32) -> Self::Data;
+}
+
+impl TableNet for Ipv4Net {
+    type Data = Ipv4LpmData;
+    const BITS: u8 = 32;
+    fn len(&self) -> u8 {
+        self.prefix_len()
     }
-    for (entries, host_bit, net_bit) in [
-        (&rules.src6, LOOKUP_SRC6_HOSTS, LOOKUP_SRC6_NETS),
-        (&rules.dst6, LOOKUP_DST6_HOSTS, LOOKUP_DST6_NETS),
-    ] {
-        for (net, _) in entries {
-            bits |= if net.prefix_len() == 128 {
-                host_bit
-            } else {
-                net_bit
-            };
-        }
+    fn data(&self, generation: u32) -> Ipv4LpmData {
+        let o = self.addr().octets();
+        [generation as u8, o[0], o[1], o[2], o[3]]
     }
-    bits
 }
 
-fn v4_host(generation: u8, net: &Ipv4Net) -> Ipv4HostKey {
-    let o = net.addr().octets();
-    [generation, o[0], o[1], o[2], o[3]]
+impl TableNet for Ipv6Net {
+    type Data = Ipv6LpmData;
+    const BITS: u8 = 128;
+    fn len(&self) -> u8 {
+        self.prefix_len()
+    }
+    fn data(&self, generation: u32) -> Ipv6LpmData {
+        let mut data = [0; 17];
+        data[0] = generation as u8;
+        data[1..].copy_from_slice(&self.addr().octets());
+        data
+    }
 }
 
-fn v6_host(generation: u8, net: &Ipv6Net) -> Ipv6HostKey {
-    let mut key = [0; 17];
-    key[0] = generation;
-    key[1..].copy_from_slice(&net.addr().octets());
-    key
+/// One field's tables for one family: hosts in a hash table, shorter prefixes in an LPM trie
+/// (see `chaos_common::rules::Ipv4HostKey`).
+struct AddrTables<N: TableNet> {
+    hosts: HashMap<MapData, N::Data, RuleMask>,
+    nets: LpmTrie<MapData, N::Data, RuleMask>,
+    names: (&'static str, &'static str),
+    /// The `LOOKUP_*` bits of (hosts, nets).
+    bits: (u32, u32),
 }
 
-fn v4_key(generation: u32, net: &Ipv4Net) -> Key<Ipv4LpmData> {
-    let o = net.addr().octets();
-    Key::new(
-        LPM_GEN_BITS + u32::from(net.prefix_len()),
-        [generation as u8, o[0], o[1], o[2], o[3]],
-    )
-}
+impl<N: TableNet> AddrTables<N> {
+    /// Takes the (hosts, trie) maps named `names` from the object.
+    fn take(
+        ebpf: &mut Ebpf,
+        names: (&'static str, &'static str),
+        bits: (u32, u32),
+    ) -> Result<Self> {
+        Ok(Self {
+            hosts: take(ebpf, names.0)?,
+            nets: take(ebpf, names.1)?,
+            names,
+            bits,
+        })
+    }
 
-fn v6_key(generation: u32, net: &Ipv6Net) -> Key<Ipv6LpmData> {
-    let mut data = [0; 17];
-    data[0] = generation as u8;
-    data[1..].copy_from_slice(&net.addr().octets());
-    Key::new(LPM_GEN_BITS + u32::from(net.prefix_len()), data)
+    /// The `LOOKUP_*` bits of the tables `entries` go to.
+    fn lookups(&self, entries: &[(N, RuleMask)]) -> u32 {
+        entries.iter().fold(0, |bits, (net, _)| {
+            bits | if net.len() == N::BITS {
+                self.bits.0
+            } else {
+                self.bits.1
+            }
+        })
+    }
+
+    fn insert(&mut self, generation: u32, entries: &[(N, RuleMask)]) -> Result<()> {
+        for (net, mask) in entries {
+            if net.len() == N::BITS {
+                self.hosts
+                    .insert(net.data(generation), mask, 0)
+                    .map_err(map_err(self.names.0))?;
+            } else {
+                self.nets
+                    .insert(&self.key(generation, net), mask, 0)
+                    .map_err(map_err(self.names.1))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, generation: u32, entries: &[(N, RuleMask)]) -> Result<()> {
+        for (net, _) in entries {
+            if net.len() == N::BITS {
+                self.hosts
+                    .remove(&net.data(generation))
+                    .map_err(map_err(self.names.0))?;
+            } else {
+                self.nets
+                    .remove(&self.key(generation, net))
+                    .map_err(map_err(self.names.1))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn key(&self, generation: u32, net: &N) -> Key<N::Data> {
+        Key::new(LPM_GEN_BITS + u32::from(net.len()), net.data(generation))
+    }
 }
 
 /// Whether an error means the caller lacks privilege, so the CLI can name the capability.
