@@ -10,10 +10,9 @@ use chaos_common::{
     GenSettings, RuleAction, RuleCounters, RuntimeConfig,
     rules::{
         ACTION_F_DELAY, ACTION_F_RATE, CONFIG_F_REVERSE_TCP_DELAY, DIR_EGRESS, DIR_INGRESS,
-        FAMILY_V4, FlowKey, Ipv4HostKey, Ipv4LpmData, Ipv6HostKey, Ipv6LpmData, LOOKUP_DST4_HOSTS,
-        LOOKUP_DST4_NETS, LOOKUP_DST6_HOSTS, LOOKUP_DST6_NETS, LOOKUP_SRC4_HOSTS, LOOKUP_SRC4_NETS,
-        LOOKUP_SRC6_HOSTS, LOOKUP_SRC6_NETS, LPM_GEN_BITS, MAX_GUARD_PORTS, MAX_RULES, PORTS,
-        PROTO_TCP, RuleMask,
+        FAMILY_V4, FlowKey, LOOKUP_DST4_HOSTS, LOOKUP_DST4_NETS, LOOKUP_DST6_HOSTS,
+        LOOKUP_DST6_NETS, LOOKUP_SRC4_HOSTS, LOOKUP_SRC4_NETS, LOOKUP_SRC6_HOSTS, LOOKUP_SRC6_NETS,
+        LPM_GEN_BITS, MAX_GUARD_PORTS, MAX_RULES, PORTS, PROTO_TCP, RuleMask,
     },
 };
 
@@ -101,7 +100,7 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
         rules = narrow(rules, src_any, || {
             let (hosts, nets) = (&CHAOS_SRC4_HOSTS, &CHAOS_SRC4_RULES);
             let has = (LOOKUP_SRC4_HOSTS, LOOKUP_SRC4_NETS);
-            v4_rules(
+            addr_rules::<_, 32>(
                 hosts,
                 nets,
                 lookups,
@@ -113,7 +112,7 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
         rules = narrow(rules, dst_any, || {
             let (hosts, nets) = (&CHAOS_DST4_HOSTS, &CHAOS_DST4_RULES);
             let has = (LOOKUP_DST4_HOSTS, LOOKUP_DST4_NETS);
-            v4_rules(
+            addr_rules::<_, 32>(
                 hosts,
                 nets,
                 lookups,
@@ -126,7 +125,7 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
         rules = narrow(rules, src_any, || {
             let (hosts, nets) = (&CHAOS_SRC6_HOSTS, &CHAOS_SRC6_RULES);
             let has = (LOOKUP_SRC6_HOSTS, LOOKUP_SRC6_NETS);
-            v6_rules(
+            addr_rules::<_, 128>(
                 hosts,
                 nets,
                 lookups,
@@ -138,7 +137,7 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
         rules = narrow(rules, dst_any, || {
             let (hosts, nets) = (&CHAOS_DST6_HOSTS, &CHAOS_DST6_RULES);
             let has = (LOOKUP_DST6_HOSTS, LOOKUP_DST6_NETS);
-            v6_rules(
+            addr_rules::<_, 128>(
                 hosts,
                 nets,
                 lookups,
@@ -227,16 +226,17 @@ fn port_rules(map: &Array<RuleMask>, generation: u32, port: u16) -> RuleMask {
         .unwrap_or(0)
 }
 
-/// The rules an IPv4 address (with its generation, `key`) takes part in: the host table first
-/// (an exact, hashed lookup), then the prefix trie, each only if `lookups` has its bit from
-/// `has` (hosts, networks); neither finding it leaves the rules that take any address.
+/// The rules an address (`key`: its generation, then the address; `BITS` long) takes part in:
+/// the host table first (an exact, hashed lookup), then the prefix trie, each only if
+/// `lookups` has its bit from `has` (hosts, networks); neither finding it leaves the rules that
+/// take any address.
 #[inline(always)]
-fn v4_rules(
-    hosts: &HashMap<Ipv4HostKey, RuleMask>,
-    nets: &LpmTrie<Ipv4LpmData, RuleMask>,
+fn addr_rules<K: Copy, const BITS: u32>(
+    hosts: &HashMap<K, RuleMask>,
+    nets: &LpmTrie<K, RuleMask>,
     lookups: u32,
     (host_bit, net_bit): (u32, u32),
-    key: [u8; 5],
+    key: K,
     any: RuleMask,
 ) -> RuleMask {
     if lookups & host_bit != 0
@@ -246,31 +246,7 @@ fn v4_rules(
         return *mask;
     }
     if lookups & net_bit != 0
-        && let Some(mask) = nets.get(Key::new(LPM_GEN_BITS + 32, key))
-    {
-        return *mask;
-    }
-    any
-}
-
-/// [`v4_rules`] for an IPv6 address.
-#[inline(always)]
-fn v6_rules(
-    hosts: &HashMap<Ipv6HostKey, RuleMask>,
-    nets: &LpmTrie<Ipv6LpmData, RuleMask>,
-    lookups: u32,
-    (host_bit, net_bit): (u32, u32),
-    key: [u8; 17],
-    any: RuleMask,
-) -> RuleMask {
-    if lookups & host_bit != 0
-        // SAFETY: the value is copied out at once.
-        && let Some(mask) = unsafe { hosts.get(key) }
-    {
-        return *mask;
-    }
-    if lookups & net_bit != 0
-        && let Some(mask) = nets.get(Key::new(LPM_GEN_BITS + 128, key))
+        && let Some(mask) = nets.get(Key::new(LPM_GEN_BITS + BITS, key))
     {
         return *mask;
     }

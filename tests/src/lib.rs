@@ -387,6 +387,29 @@ pub fn assert_binomial(what: &str, observed: u64, n: u64, p: f64) {
     );
 }
 
+/// Writes `bytes` to `stream`, ends its sending side, and waits for the peer to close: then
+/// every byte was read. Panics past `timeout`.
+pub fn send_all_and_wait(stream: &mut TcpStream, bytes: u64, timeout: Duration) {
+    let start = Instant::now();
+    stream.set_write_timeout(Some(timeout)).unwrap();
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let chunk = vec![0x5au8; 1 << 16];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        stream.write_all(&chunk[..n]).unwrap();
+        left -= n as u64;
+        assert!(start.elapsed() < timeout, "transfer exceeded {timeout:?}");
+    }
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = [0u8; 1];
+    let closed = stream.read(&mut rest);
+    assert!(
+        matches!(closed, Ok(0)),
+        "sink did not close cleanly: {closed:?}"
+    );
+}
+
 /// Result of a bulk TCP transfer.
 #[derive(Debug)]
 pub struct TcpTransfer {
@@ -425,24 +448,7 @@ pub fn tcp_bulk(
         let (retrans0, out0) = (snmp("Tcp", "RetransSegs"), snmp("Tcp", "OutSegs"));
         let start = Instant::now();
         let mut stream = TcpStream::connect_timeout(&addr, timeout).unwrap();
-        stream.set_write_timeout(Some(timeout)).unwrap();
-        let chunk = vec![0x5au8; 1 << 16];
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(chunk.len() as u64) as usize;
-            stream.write_all(&chunk[..n]).unwrap();
-            left -= n as u64;
-            assert!(start.elapsed() < timeout, "transfer exceeded {timeout:?}");
-        }
-        stream.shutdown(std::net::Shutdown::Write).unwrap();
-        // Wait for the sink to close: then every byte was acknowledged.
-        let mut rest = [0u8; 1];
-        stream.set_read_timeout(Some(timeout)).unwrap();
-        let closed = stream.read(&mut rest);
-        assert!(
-            matches!(closed, Ok(0)),
-            "sink did not close cleanly: {closed:?}"
-        );
+        send_all_and_wait(&mut stream, bytes, timeout);
         let elapsed = start.elapsed();
         (
             elapsed,

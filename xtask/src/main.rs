@@ -106,13 +106,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
             .env("CHAOS_BIN", &env.chaos_bin)
             .env(netlab::NETNS_PREFIX_VAR, &prefix),
     )?;
-    let leftovers = bootstrap::leftover_namespaces(&prefix)?;
-    if !leftovers.is_empty() {
-        bail!(
-            "tests left network namespaces behind: {}",
-            leftovers.join(", ")
-        );
-    }
+    no_namespaces_left(&prefix, "tests")?;
     step("checking that no filter, qdisc or ifb of chaos's is left in any namespace");
     let out = Command::new(&env.chaos_bin)
         .args(["cleanup", "--all-netns", "--output", "json"])
@@ -161,10 +155,16 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
             .env("CHAOS_BIN", root.join("target/release/chaos"))
             .env(netlab::NETNS_PREFIX_VAR, &prefix),
     )?;
-    let leftovers = bootstrap::leftover_namespaces(&prefix)?;
+    no_namespaces_left(&prefix, "the bench")?;
+    Ok(())
+}
+
+/// Fails if namespaces named with this run's `prefix` are still there after `who` ran.
+fn no_namespaces_left(prefix: &str, who: &str) -> Result<()> {
+    let leftovers = bootstrap::leftover_namespaces(prefix)?;
     if !leftovers.is_empty() {
         bail!(
-            "the bench left network namespaces behind: {}",
+            "{who} left network namespaces behind: {}",
             leftovers.join(", ")
         );
     }

@@ -50,7 +50,7 @@ use chaos_user::{
     datapath::{AttachMode, Datapath},
     rule::{Direction, Rule},
 };
-use netlab::{CLIENT_V4, IFACE, Lab, SERVER_V4, ifindex, in_netns};
+use netlab::{CLIENT_V4, IFACE, Lab, SERVER_V4, ifindex, in_netns, send_all_and_wait};
 use serde_json::{Value, json};
 
 use crate::{
@@ -303,24 +303,8 @@ fn bulk(ns: &str, addr: SocketAddr, bytes: u64) -> f64 {
     in_netns(ns, move || {
         let mut stream = TcpStream::connect_timeout(&addr, LIMIT)
             .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        stream.set_write_timeout(Some(LIMIT)).unwrap();
-        stream.set_read_timeout(Some(LIMIT)).unwrap();
-        let chunk = vec![0x5au8; 1 << 16];
         let start = Instant::now();
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(chunk.len() as u64) as usize;
-            stream.write_all(&chunk[..n]).unwrap();
-            left -= n as u64;
-            assert!(start.elapsed() < LIMIT, "bulk to {addr} exceeded {LIMIT:?}");
-        }
-        stream.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut rest = [0u8; 1];
-        let closed = stream.read(&mut rest);
-        assert!(
-            matches!(closed, Ok(0)),
-            "sink at {addr} did not close: {closed:?}"
-        );
+        send_all_and_wait(&mut stream, bytes, LIMIT);
         bytes as f64 / start.elapsed().as_secs_f64()
     })
 }
