@@ -87,25 +87,43 @@ pub struct GenSettings {
     /// Guard rails: TCP ports some rules must never fault (SSH, the Kubernetes API, the
     /// daemon's own API), whatever else they match. Entries past `guard_count` are unused.
     pub guard_ports: [u16; MAX_GUARD_PORTS],
+    /// How each address table is looked up, by `TABLE_*`.
+    pub addr: [AddrLookup; 4],
     /// Number of `guard_ports` in use.
     pub guard_count: u32,
-    /// `LOOKUP_*` bits: which address tables hold entries of this generation, so the program
-    /// skips lookups that cannot find anything.
-    pub lookups: u32,
+    pub _pad: u32,
     /// For each of `guard_ports`, the rules that may not match a TCP packet from or to it.
     pub guard_rules: [RuleMask; MAX_GUARD_PORTS],
 }
 
-/// Host (/32) source prefixes are in `CHAOS_SRC4_HOSTS`.
-pub const LOOKUP_SRC4_HOSTS: u32 = 1 << 0;
-/// Shorter source prefixes are in the `CHAOS_SRC4_RULES` trie.
-pub const LOOKUP_SRC4_NETS: u32 = 1 << 1;
-pub const LOOKUP_DST4_HOSTS: u32 = 1 << 2;
-pub const LOOKUP_DST4_NETS: u32 = 1 << 3;
-pub const LOOKUP_SRC6_HOSTS: u32 = 1 << 4;
-pub const LOOKUP_SRC6_NETS: u32 = 1 << 5;
-pub const LOOKUP_DST6_HOSTS: u32 = 1 << 6;
-pub const LOOKUP_DST6_NETS: u32 = 1 << 7;
+/// Address tables, one per field and family: indexes of `GenSettings::addr`.
+pub const TABLE_SRC4: usize = 0;
+pub const TABLE_DST4: usize = 1;
+pub const TABLE_SRC6: usize = 2;
+pub const TABLE_DST6: usize = 3;
+
+/// Where one address table of a generation keeps its prefixes.
+///
+/// An LPM trie walk grows with the prefixes beside the address (measured in the bench: 10,000
+/// /30 networks cost 2.6 times one), while a hash lookup does not. So the prefixes of the
+/// `MAX_HASHED_LENS` longest lengths a rule set uses go to the table's hash map, keyed by
+/// length and address cut to it, and are tried longest first, as Cilium's ipcache did before
+/// LPM maps; only shorter lengths than all of those are left to the trie, looked up last.
+/// Each entry, hashed or not, carries every rule whose prefix contains it, so the first hit
+/// is the whole answer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrLookup {
+    /// The hashed prefix lengths, longest first; entries past `hashed_count` are unused.
+    pub hashed_lens: [u8; MAX_HASHED_LENS],
+    pub hashed_count: u8,
+    /// Non-zero when the trie holds prefixes of this generation.
+    pub in_trie: u8,
+}
+
+/// Most prefix lengths an address table hashes: a packet looks each up, so this bounds the
+/// lookups an address costs before the trie.
+pub const MAX_HASHED_LENS: usize = 6;
 
 /// Most guarded TCP ports per rule set.
 pub const MAX_GUARD_PORTS: usize = 16;
@@ -198,23 +216,20 @@ pub type Ipv4LpmData = [u8; 5];
 /// Key data of the IPv6 prefix trie: the generation byte, then the address in network order.
 pub type Ipv6LpmData = [u8; 17];
 
-/// Key of the IPv4 host tables: the generation byte, then the address in network order.
-///
-/// A prefix as long as the address (a /32 or /128: one host) goes to a hash table instead of
-/// the trie: one hashed lookup whatever the number of hosts, where a trie walk grows with the
-/// entries beside the address. Its value, like a trie entry's, carries every rule whose prefix
-/// contains the host, so a hit needs no trie walk.
-pub type Ipv4HostKey = [u8; 5];
+/// Key of the IPv4 hashed prefix tables (see `AddrLookup`): the generation byte, the prefix
+/// length, two zero bytes, then the address cut to the length, in network order. A multiple
+/// of four bytes, which the kernel hashes a word at a time.
+pub type Ipv4PrefixKey = [u8; 8];
 
-/// Key of the IPv6 host tables.
-pub type Ipv6HostKey = [u8; 17];
+/// Key of the IPv6 hashed prefix tables.
+pub type Ipv6PrefixKey = [u8; 20];
 
 /// Bits of the generation byte at the head of every prefix key.
 pub const LPM_GEN_BITS: u32 = 8;
 
-/// Most prefixes each trie holds, over both generations. A rule has one prefix per field
-/// today; the room is for the bench's scale runs (up to 60,000 prefixes in one generation) and
-/// for prefix lists. LPM tries allocate per entry, so the limit costs nothing until used.
+/// Most prefixes each address map (hash or trie) holds, over both generations: room for
+/// prefix lists and the bench's scale runs (up to 60,000 prefixes in one generation). Both
+/// kinds allocate per entry, so the limit costs nothing until used.
 pub const MAX_PREFIXES: u32 = 2 * 65536;
 
 #[cfg(feature = "user")]
@@ -225,6 +240,7 @@ mod pod {
     unsafe impl aya::Pod for super::GenSettings {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RuleAction {}
+
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RateState {}
     // SAFETY: as above.
@@ -233,7 +249,8 @@ mod pod {
 
 const _: () = assert!(core::mem::size_of::<RuntimeConfig>() == 24);
 const _: () = assert!(
-    core::mem::size_of::<GenSettings>() == 8 * 12 + 2 * MAX_GUARD_PORTS + 8 + 8 * MAX_GUARD_PORTS
+    core::mem::size_of::<GenSettings>()
+        == 8 * 12 + 2 * MAX_GUARD_PORTS + 4 * 8 + 8 + 8 * MAX_GUARD_PORTS
 );
 const _: () = assert!(core::mem::size_of::<RuleAction>() == 64);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);

@@ -9,9 +9,9 @@ use aya_ebpf::{
 use chaos_common::{
     GenSettings, RuleAction, RuleCounters, RuntimeConfig,
     rules::{
-        DIST_TABLE_SIZE, DIST_TABLES, FlowKey, GENERATIONS, Ipv4HostKey, Ipv4LpmData, Ipv6HostKey,
-        Ipv6LpmData, MAX_FLOWS, MAX_PREFIXES, MAX_REVERSE_FLOWS, MAX_RULES, PORTS, RateState,
-        RuleMask,
+        DIST_TABLE_SIZE, DIST_TABLES, FlowKey, GENERATIONS, Ipv4LpmData, Ipv4PrefixKey,
+        Ipv6LpmData, Ipv6PrefixKey, MAX_FLOWS, MAX_PREFIXES, MAX_REVERSE_FLOWS, MAX_RULES, PORTS,
+        RateState, RuleMask,
     },
 };
 
@@ -31,7 +31,8 @@ pub static CHAOS_DPORT_RULES: Array<RuleMask> = Array::with_max_entries(GENERATI
 #[map]
 pub static CHAOS_SPORT_RULES: Array<RuleMask> = Array::with_max_entries(GENERATIONS * PORTS, 0);
 
-/// IPv4 source prefixes: each value holds every rule whose prefix contains the key's.
+/// IPv4 source prefixes shorter than the hashed lengths: each value holds every rule whose
+/// prefix contains the key's.
 #[map]
 pub static CHAOS_SRC4_RULES: LpmTrie<Ipv4LpmData, RuleMask> =
     LpmTrie::with_max_entries(MAX_PREFIXES, 0);
@@ -51,25 +52,25 @@ pub static CHAOS_SRC6_RULES: LpmTrie<Ipv6LpmData, RuleMask> =
 pub static CHAOS_DST6_RULES: LpmTrie<Ipv6LpmData, RuleMask> =
     LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 
-/// IPv4 source hosts (/32 prefixes), by generation and address: the same values as the trie
-/// would hold. Allocated per entry, like the tries.
+/// IPv4 source prefixes of the hashed lengths (see `AddrLookup`), by generation, length and
+/// address; the same values the trie would hold.
 #[map]
-pub static CHAOS_SRC4_HOSTS: HashMap<Ipv4HostKey, RuleMask> =
+pub static CHAOS_SRC4_HASHED: HashMap<Ipv4PrefixKey, RuleMask> =
     HashMap::with_max_entries(MAX_PREFIXES, BPF_F_NO_PREALLOC);
 
-/// IPv4 destination hosts.
+/// IPv4 destination prefixes of the hashed lengths.
 #[map]
-pub static CHAOS_DST4_HOSTS: HashMap<Ipv4HostKey, RuleMask> =
+pub static CHAOS_DST4_HASHED: HashMap<Ipv4PrefixKey, RuleMask> =
     HashMap::with_max_entries(MAX_PREFIXES, BPF_F_NO_PREALLOC);
 
-/// IPv6 source hosts (/128 prefixes).
+/// IPv6 source prefixes of the hashed lengths.
 #[map]
-pub static CHAOS_SRC6_HOSTS: HashMap<Ipv6HostKey, RuleMask> =
+pub static CHAOS_SRC6_HASHED: HashMap<Ipv6PrefixKey, RuleMask> =
     HashMap::with_max_entries(MAX_PREFIXES, BPF_F_NO_PREALLOC);
 
-/// IPv6 destination hosts.
+/// IPv6 destination prefixes of the hashed lengths.
 #[map]
-pub static CHAOS_DST6_HOSTS: HashMap<Ipv6HostKey, RuleMask> =
+pub static CHAOS_DST6_HASHED: HashMap<Ipv6PrefixKey, RuleMask> =
     HashMap::with_max_entries(MAX_PREFIXES, BPF_F_NO_PREALLOC);
 
 /// What each rule does: `gen * MAX_RULES + rule`.

@@ -9,19 +9,20 @@ use aya_ebpf::{
 use chaos_common::{
     GenSettings, RuleAction, RuleCounters, RuntimeConfig,
     rules::{
-        ACTION_F_DELAY, ACTION_F_RATE, CONFIG_F_REVERSE_TCP_DELAY, DIR_EGRESS, DIR_INGRESS,
-        FAMILY_V4, FlowKey, LOOKUP_DST4_HOSTS, LOOKUP_DST4_NETS, LOOKUP_DST6_HOSTS,
-        LOOKUP_DST6_NETS, LOOKUP_SRC4_HOSTS, LOOKUP_SRC4_NETS, LOOKUP_SRC6_HOSTS, LOOKUP_SRC6_NETS,
-        LPM_GEN_BITS, MAX_GUARD_PORTS, MAX_RULES, PORTS, PROTO_TCP, RuleMask,
+        ACTION_F_DELAY, ACTION_F_RATE, AddrLookup, CONFIG_F_REVERSE_TCP_DELAY, DIR_EGRESS,
+        DIR_INGRESS, FAMILY_V4, FlowKey, Ipv4PrefixKey, Ipv6PrefixKey, LPM_GEN_BITS,
+        MAX_GUARD_PORTS, MAX_HASHED_LENS, MAX_RULES, PORTS, PROTO_TCP, RuleMask, TABLE_DST4,
+        TABLE_DST6, TABLE_SRC4, TABLE_SRC6,
     },
 };
 
 use crate::{
     edt::{Departure, roll, schedule},
     maps::{
-        CHAOS_ACTIONS, CHAOS_CONFIG, CHAOS_COUNTERS, CHAOS_DPORT_RULES, CHAOS_DST4_HOSTS,
-        CHAOS_DST4_RULES, CHAOS_DST6_HOSTS, CHAOS_DST6_RULES, CHAOS_REVERSE_DELAY, CHAOS_SETTINGS,
-        CHAOS_SPORT_RULES, CHAOS_SRC4_HOSTS, CHAOS_SRC4_RULES, CHAOS_SRC6_HOSTS, CHAOS_SRC6_RULES,
+        CHAOS_ACTIONS, CHAOS_CONFIG, CHAOS_COUNTERS, CHAOS_DPORT_RULES, CHAOS_DST4_HASHED,
+        CHAOS_DST4_RULES, CHAOS_DST6_HASHED, CHAOS_DST6_RULES, CHAOS_REVERSE_DELAY, CHAOS_SETTINGS,
+        CHAOS_SPORT_RULES, CHAOS_SRC4_HASHED, CHAOS_SRC4_RULES, CHAOS_SRC6_HASHED,
+        CHAOS_SRC6_RULES,
     },
     parse::{Flow, parse},
 };
@@ -95,54 +96,43 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
     let key_gen = generation as u8;
     let family = flow.family;
     let (src_any, dst_any) = (settings.src_any[family & 1], settings.dst_any[family & 1]);
-    let lookups = settings.lookups;
     if family == FAMILY_V4 {
+        let (src, dst) = (v4_addr(&flow.src), v4_addr(&flow.dst));
         rules = narrow(rules, src_any, || {
-            let (hosts, nets) = (&CHAOS_SRC4_HOSTS, &CHAOS_SRC4_RULES);
-            let has = (LOOKUP_SRC4_HOSTS, LOOKUP_SRC4_NETS);
-            addr_rules::<_, 32>(
-                hosts,
-                nets,
-                lookups,
-                has,
-                v4_data(key_gen, &flow.src),
+            addr_rules::<_, _, 32>(
+                (&CHAOS_SRC4_HASHED, &CHAOS_SRC4_RULES),
+                &settings.addr[TABLE_SRC4],
+                |len| v4_prefix_key(key_gen, len, src),
+                || v4_data(key_gen, &flow.src),
                 src_any,
             )
         });
         rules = narrow(rules, dst_any, || {
-            let (hosts, nets) = (&CHAOS_DST4_HOSTS, &CHAOS_DST4_RULES);
-            let has = (LOOKUP_DST4_HOSTS, LOOKUP_DST4_NETS);
-            addr_rules::<_, 32>(
-                hosts,
-                nets,
-                lookups,
-                has,
-                v4_data(key_gen, &flow.dst),
+            addr_rules::<_, _, 32>(
+                (&CHAOS_DST4_HASHED, &CHAOS_DST4_RULES),
+                &settings.addr[TABLE_DST4],
+                |len| v4_prefix_key(key_gen, len, dst),
+                || v4_data(key_gen, &flow.dst),
                 dst_any,
             )
         });
     } else {
+        let (src, dst) = (v6_addr(&flow.src), v6_addr(&flow.dst));
         rules = narrow(rules, src_any, || {
-            let (hosts, nets) = (&CHAOS_SRC6_HOSTS, &CHAOS_SRC6_RULES);
-            let has = (LOOKUP_SRC6_HOSTS, LOOKUP_SRC6_NETS);
-            addr_rules::<_, 128>(
-                hosts,
-                nets,
-                lookups,
-                has,
-                v6_data(key_gen, &flow.src),
+            addr_rules::<_, _, 128>(
+                (&CHAOS_SRC6_HASHED, &CHAOS_SRC6_RULES),
+                &settings.addr[TABLE_SRC6],
+                |len| v6_prefix_key(key_gen, len, src),
+                || v6_data(key_gen, &flow.src),
                 src_any,
             )
         });
         rules = narrow(rules, dst_any, || {
-            let (hosts, nets) = (&CHAOS_DST6_HOSTS, &CHAOS_DST6_RULES);
-            let has = (LOOKUP_DST6_HOSTS, LOOKUP_DST6_NETS);
-            addr_rules::<_, 128>(
-                hosts,
-                nets,
-                lookups,
-                has,
-                v6_data(key_gen, &flow.dst),
+            addr_rules::<_, _, 128>(
+                (&CHAOS_DST6_HASHED, &CHAOS_DST6_RULES),
+                &settings.addr[TABLE_DST6],
+                |len| v6_prefix_key(key_gen, len, dst),
+                || v6_data(key_gen, &flow.dst),
                 dst_any,
             )
         });
@@ -226,31 +216,77 @@ fn port_rules(map: &Array<RuleMask>, generation: u32, port: u16) -> RuleMask {
         .unwrap_or(0)
 }
 
-/// The rules an address (`key`: its generation, then the address; `BITS` long) takes part in:
-/// the host table first (an exact, hashed lookup), then the prefix trie, each only if
-/// `lookups` has its bit from `has` (hosts, networks); neither finding it leaves the rules that
-/// take any address.
+/// The rules an address takes part in: the hashed prefix lengths of `plan` longest first
+/// (`hashed_key` builds the key for a length), then the trie (`trie_key`, `BITS` long) if it
+/// holds anything; finding it nowhere leaves the rules that take any address.
 #[inline(always)]
-fn addr_rules<K: Copy, const BITS: u32>(
-    hosts: &HashMap<K, RuleMask>,
-    nets: &LpmTrie<K, RuleMask>,
-    lookups: u32,
-    (host_bit, net_bit): (u32, u32),
-    key: K,
+fn addr_rules<H, T, const BITS: u32>(
+    (hashed, trie): (&HashMap<H, RuleMask>, &LpmTrie<T, RuleMask>),
+    plan: &AddrLookup,
+    hashed_key: impl Fn(u8) -> H,
+    trie_key: impl FnOnce() -> T,
     any: RuleMask,
 ) -> RuleMask {
-    if lookups & host_bit != 0
+    let count = usize::from(plan.hashed_count).min(MAX_HASHED_LENS);
+    for i in 0..MAX_HASHED_LENS {
+        if i >= count {
+            break;
+        }
         // SAFETY: the value is copied out at once.
-        && let Some(mask) = unsafe { hosts.get(key) }
-    {
-        return *mask;
+        if let Some(mask) = unsafe { hashed.get(hashed_key(plan.hashed_lens[i])) } {
+            return *mask;
+        }
     }
-    if lookups & net_bit != 0
-        && let Some(mask) = nets.get(Key::new(LPM_GEN_BITS + BITS, key))
+    if plan.in_trie != 0
+        && let Some(mask) = trie.get(Key::new(LPM_GEN_BITS + BITS, trie_key()))
     {
         return *mask;
     }
     any
+}
+
+#[inline(always)]
+fn v4_addr(addr: &[u8; 16]) -> u32 {
+    u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]])
+}
+
+/// The hashed-table key of the `len`-bit prefix holding `addr` (see `Ipv4PrefixKey`).
+#[inline(always)]
+fn v4_prefix_key(generation: u8, len: u8, addr: u32) -> Ipv4PrefixKey {
+    let len = len.min(32);
+    let cut = addr & u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    let a = cut.to_be_bytes();
+    [generation, len, 0, 0, a[0], a[1], a[2], a[3]]
+}
+
+/// The address as its (high, low) 64-bit halves.
+#[inline(always)]
+fn v6_addr(addr: &[u8; 16]) -> (u64, u64) {
+    let mut hi = [0u8; 8];
+    let mut lo = [0u8; 8];
+    hi.copy_from_slice(&addr[..8]);
+    lo.copy_from_slice(&addr[8..]);
+    (u64::from_be_bytes(hi), u64::from_be_bytes(lo))
+}
+
+/// The hashed-table key of the `len`-bit prefix holding `addr` (see `Ipv6PrefixKey`).
+#[inline(always)]
+fn v6_prefix_key(generation: u8, len: u8, (hi, lo): (u64, u64)) -> Ipv6PrefixKey {
+    let len = len.min(128);
+    let (hi_mask, lo_mask) = if len >= 64 {
+        (
+            u64::MAX,
+            u64::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0),
+        )
+    } else {
+        (u64::MAX.checked_shl(64 - u32::from(len)).unwrap_or(0), 0)
+    };
+    let mut key = [0u8; 20];
+    key[0] = generation;
+    key[1] = len;
+    key[4..12].copy_from_slice(&(hi & hi_mask).to_be_bytes());
+    key[12..].copy_from_slice(&(lo & lo_mask).to_be_bytes());
+    key
 }
 
 #[inline(always)]

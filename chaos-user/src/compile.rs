@@ -7,9 +7,10 @@ use std::{collections::HashMap, time::Duration};
 use chaos_common::{
     GenSettings, RuleAction,
     rules::{
-        ACTION_F_DELAY, ACTION_F_RATE, ACTION_F_REORDER, DIR_EGRESS, DIR_INGRESS, DIST_NORMAL,
-        DIST_PARETO, DIST_PARETONORMAL, DIST_UNIFORM, FAMILY_V4, FAMILY_V6, GENERATIONS,
-        MAX_PREFIXES, MAX_RULES, PROB_ONE, PROTO_OTHER, PROTO_TCP, PROTO_UDP, RuleMask,
+        ACTION_F_DELAY, ACTION_F_RATE, ACTION_F_REORDER, AddrLookup, DIR_EGRESS, DIR_INGRESS,
+        DIST_NORMAL, DIST_PARETO, DIST_PARETONORMAL, DIST_UNIFORM, FAMILY_V4, FAMILY_V6,
+        GENERATIONS, MAX_HASHED_LENS, MAX_PREFIXES, MAX_RULES, PROB_ONE, PROTO_OTHER, PROTO_TCP,
+        PROTO_UDP, RuleMask, TABLE_DST4, TABLE_DST6, TABLE_SRC4, TABLE_SRC6,
     },
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -107,13 +108,21 @@ pub fn compile_with_slots(rules: &[Rule], slots: &[u32]) -> Result<CompiledRules
         .enumerate()
         .map(|(i, rule)| action(rule, slots[i]))
         .collect();
+    let src4 = prefixes(rules, |r| &r.src, v4, settings.src_any[FAMILY_V4])?;
+    let dst4 = prefixes(rules, |r| &r.dst, v4, settings.dst_any[FAMILY_V4])?;
+    let src6 = prefixes(rules, |r| &r.src, v6, settings.src_any[FAMILY_V6])?;
+    let dst6 = prefixes(rules, |r| &r.dst, v6, settings.dst_any[FAMILY_V6])?;
+    settings.addr[TABLE_SRC4] = addr_lookup(&src4);
+    settings.addr[TABLE_DST4] = addr_lookup(&dst4);
+    settings.addr[TABLE_SRC6] = addr_lookup(&src6);
+    settings.addr[TABLE_DST6] = addr_lookup(&dst6);
     Ok(CompiledRules {
         dport: port_entries(rules, |r| r.dport),
         sport: port_entries(rules, |r| r.sport),
-        src4: prefixes(rules, |r| &r.src, v4, settings.src_any[FAMILY_V4])?,
-        dst4: prefixes(rules, |r| &r.dst, v4, settings.dst_any[FAMILY_V4])?,
-        src6: prefixes(rules, |r| &r.src, v6, settings.src_any[FAMILY_V6])?,
-        dst6: prefixes(rules, |r| &r.dst, v6, settings.dst_any[FAMILY_V6])?,
+        src4,
+        dst4,
+        src6,
+        dst6,
         settings,
         actions,
     })
@@ -271,6 +280,27 @@ fn prefixes<N: Copy + Ord + std::hash::Hash + Prefix>(
         .collect())
 }
 
+/// Where a table's `entries` go: the `MAX_HASHED_LENS` longest prefix lengths to the hash
+/// map, any shorter ones to the trie (see `AddrLookup`).
+fn addr_lookup<N: Prefix>(entries: &[(N, RuleMask)]) -> AddrLookup {
+    let mut lens: Vec<u8> = entries.iter().map(|(net, _)| net.length()).collect();
+    lens.sort_unstable_by(|a, b| b.cmp(a));
+    lens.dedup();
+    let hashed = lens.len().min(MAX_HASHED_LENS);
+    let mut plan = AddrLookup {
+        hashed_count: hashed as u8,
+        in_trie: u8::from(lens.len() > hashed),
+        ..AddrLookup::default()
+    };
+    plan.hashed_lens[..hashed].copy_from_slice(&lens[..hashed]);
+    plan
+}
+
+/// Whether `plan` keeps prefixes `len` bits long in the hash map rather than the trie.
+pub fn is_hashed(plan: &AddrLookup, len: u8) -> bool {
+    plan.hashed_lens[..usize::from(plan.hashed_count)].contains(&len)
+}
+
 /// Most entries one address table (field and family) of a rule set may hold: half of what the
 /// kernel's tables have room for, since two generations share them.
 pub const MAX_PREFIXES_PER_SET: usize = (MAX_PREFIXES / GENERATIONS) as usize;
@@ -336,6 +366,31 @@ mod tests {
             "rule 1 has no IPv6 prefix: it never matches IPv6"
         );
         assert_eq!(c.settings.dst_any, [0b100, 0b100]);
+        let plan = c.settings.addr[TABLE_DST4];
+        assert_eq!(
+            plan.hashed_lens[..usize::from(plan.hashed_count)],
+            [32, 24, 16]
+        );
+        assert_eq!(plan.in_trie, 0);
+        assert_eq!(c.settings.addr[TABLE_SRC4], AddrLookup::default());
+    }
+
+    #[test]
+    fn the_longest_prefix_lengths_are_hashed_the_rest_go_to_the_trie() {
+        let list: Vec<String> = (8..=32u8)
+            .map(|len| {
+                format!(
+                    "{}",
+                    Ipv4Net::new([198, 18, 0, 0].into(), len).unwrap().trunc()
+                )
+            })
+            .collect();
+        let c = compile(&rules(&[&format!("dst={} drop=1", list.join(","))])).unwrap();
+        let plan = c.settings.addr[TABLE_DST4];
+        assert_eq!(plan.hashed_lens, [32, 31, 30, 29, 28, 27]);
+        assert_eq!(usize::from(plan.hashed_count), MAX_HASHED_LENS);
+        assert_eq!(plan.in_trie, 1);
+        assert!(is_hashed(&plan, 27) && !is_hashed(&plan, 26));
     }
 
     #[test]

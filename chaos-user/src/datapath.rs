@@ -13,9 +13,9 @@ use aya::{
 use chaos_common::{
     GenSettings, RuleAction, RuleCounters, RuntimeConfig,
     rules::{
-        CONFIG_F_REVERSE_TCP_DELAY, FlowKey, Ipv4LpmData, Ipv6LpmData, LOOKUP_DST4_HOSTS,
-        LOOKUP_DST4_NETS, LOOKUP_DST6_HOSTS, LOOKUP_DST6_NETS, LOOKUP_SRC4_HOSTS, LOOKUP_SRC4_NETS,
-        LOOKUP_SRC6_HOSTS, LOOKUP_SRC6_NETS, LPM_GEN_BITS, MAX_RULES, PORTS, RuleMask,
+        CONFIG_F_REVERSE_TCP_DELAY, FlowKey, Ipv4LpmData, Ipv4PrefixKey, Ipv6LpmData,
+        Ipv6PrefixKey, LPM_GEN_BITS, MAX_RULES, PORTS, RuleMask, TABLE_DST4, TABLE_DST6,
+        TABLE_SRC4, TABLE_SRC6,
     },
 };
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -24,7 +24,7 @@ use tracing::{debug, info};
 
 use crate::{
     clsact::{self, AddedClsact},
-    compile::CompiledRules,
+    compile::{CompiledRules, is_hashed},
     dist,
     qdisc::{self, Ifb, InstalledFq, QdiscError},
     rule::Direction,
@@ -190,23 +190,23 @@ impl Datapath {
             sport: take(&mut ebpf, "CHAOS_SPORT_RULES")?,
             src4: AddrTables::take(
                 &mut ebpf,
-                ("CHAOS_SRC4_HOSTS", "CHAOS_SRC4_RULES"),
-                (LOOKUP_SRC4_HOSTS, LOOKUP_SRC4_NETS),
+                ("CHAOS_SRC4_HASHED", "CHAOS_SRC4_RULES"),
+                TABLE_SRC4,
             )?,
             dst4: AddrTables::take(
                 &mut ebpf,
-                ("CHAOS_DST4_HOSTS", "CHAOS_DST4_RULES"),
-                (LOOKUP_DST4_HOSTS, LOOKUP_DST4_NETS),
+                ("CHAOS_DST4_HASHED", "CHAOS_DST4_RULES"),
+                TABLE_DST4,
             )?,
             src6: AddrTables::take(
                 &mut ebpf,
-                ("CHAOS_SRC6_HOSTS", "CHAOS_SRC6_RULES"),
-                (LOOKUP_SRC6_HOSTS, LOOKUP_SRC6_NETS),
+                ("CHAOS_SRC6_HASHED", "CHAOS_SRC6_RULES"),
+                TABLE_SRC6,
             )?,
             dst6: AddrTables::take(
                 &mut ebpf,
-                ("CHAOS_DST6_HOSTS", "CHAOS_DST6_RULES"),
-                (LOOKUP_DST6_HOSTS, LOOKUP_DST6_NETS),
+                ("CHAOS_DST6_HASHED", "CHAOS_DST6_RULES"),
+                TABLE_DST6,
             )?,
             actions: take(&mut ebpf, "CHAOS_ACTIONS")?,
             counters: take(&mut ebpf, "CHAOS_COUNTERS")?,
@@ -304,20 +304,15 @@ impl Datapath {
 
     fn write(&mut self, generation: u32, rules: &CompiledRules) -> Result<()> {
         let m = &mut self.maps;
-        let mut settings = rules.settings;
-        settings.lookups = m.src4.lookups(&rules.src4)
-            | m.dst4.lookups(&rules.dst4)
-            | m.src6.lookups(&rules.src6)
-            | m.dst6.lookups(&rules.dst6);
         m.settings
-            .set(generation, settings, 0)
+            .set(generation, rules.settings, 0)
             .map_err(map_err("CHAOS_SETTINGS"))?;
         set_ports(&mut m.dport, "CHAOS_DPORT_RULES", generation, &rules.dport)?;
         set_ports(&mut m.sport, "CHAOS_SPORT_RULES", generation, &rules.sport)?;
-        m.src4.insert(generation, &rules.src4)?;
-        m.dst4.insert(generation, &rules.dst4)?;
-        m.src6.insert(generation, &rules.src6)?;
-        m.dst6.insert(generation, &rules.dst6)?;
+        m.src4.insert(generation, &rules.settings, &rules.src4)?;
+        m.dst4.insert(generation, &rules.settings, &rules.dst4)?;
+        m.src6.insert(generation, &rules.settings, &rules.src6)?;
+        m.dst6.insert(generation, &rules.settings, &rules.dst6)?;
         for (i, action) in rules.actions.iter().enumerate() {
             m.actions
                 .set(generation * MAX_RULES + i as u32, action, 0)
@@ -345,10 +340,10 @@ impl Datapath {
             generation,
             &zero(&old.sport),
         )?;
-        m.src4.remove(generation, &old.src4)?;
-        m.dst4.remove(generation, &old.dst4)?;
-        m.src6.remove(generation, &old.src6)?;
-        m.dst6.remove(generation, &old.dst6)?;
+        m.src4.remove(generation, &old.settings, &old.src4)?;
+        m.dst4.remove(generation, &old.settings, &old.dst4)?;
+        m.src6.remove(generation, &old.settings, &old.src6)?;
+        m.dst6.remove(generation, &old.settings, &old.dst6)?;
         Ok(())
     }
 
@@ -568,21 +563,35 @@ fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Sche
         .map_err(|source| DatapathError::Program { name, source })
 }
 
-/// A prefix type the address tables hold: its key data is the generation byte, then the
-/// address in network order.
+/// A prefix type the address tables hold (see `chaos_common::rules::AddrLookup`).
 trait TableNet: Copy {
+    /// Key of the hashed lengths' map.
+    type Hashed: Pod;
+    /// Key data of the trie: the generation byte, then the address in network order.
     type Data: Pod;
-    /// Bits of the address: a prefix this long is a host.
-    const BITS: u8;
     fn len(&self) -> u8;
+    fn hashed(&self, generation: u32) -> Self::Hashed;
     fn data(&self, generation: u32) -> Self::Data;
 }
 
 impl TableNet for Ipv4Net {
+    type Hashed = Ipv4PrefixKey;
     type Data = Ipv4LpmData;
-    const BITS: u8 = 32;
     fn len(&self) -> u8 {
         self.prefix_len()
+    }
+    fn hashed(&self, generation: u32) -> Ipv4PrefixKey {
+        let o = self.network().octets();
+        [
+            generation as u8,
+            self.prefix_len(),
+            0,
+            0,
+            o[0],
+            o[1],
+            o[2],
+            o[3],
+        ]
     }
     fn data(&self, generation: u32) -> Ipv4LpmData {
         let o = self.addr().octets();
@@ -591,10 +600,17 @@ impl TableNet for Ipv4Net {
 }
 
 impl TableNet for Ipv6Net {
+    type Hashed = Ipv6PrefixKey;
     type Data = Ipv6LpmData;
-    const BITS: u8 = 128;
     fn len(&self) -> u8 {
         self.prefix_len()
+    }
+    fn hashed(&self, generation: u32) -> Ipv6PrefixKey {
+        let mut key = [0; 20];
+        key[0] = generation as u8;
+        key[1] = self.prefix_len();
+        key[4..].copy_from_slice(&self.network().octets());
+        key
     }
     fn data(&self, generation: u32) -> Ipv6LpmData {
         let mut data = [0; 17];
@@ -604,75 +620,73 @@ impl TableNet for Ipv6Net {
     }
 }
 
-/// One field's tables for one family: hosts in a hash table, shorter prefixes in an LPM trie
-/// (see `chaos_common::rules::Ipv4HostKey`).
+/// One field's tables for one family: the hashed prefix lengths' map and the trie, and which
+/// of `GenSettings::addr` says where each prefix goes.
 struct AddrTables<N: TableNet> {
-    hosts: HashMap<MapData, N::Data, RuleMask>,
-    nets: LpmTrie<MapData, N::Data, RuleMask>,
+    hashed: HashMap<MapData, N::Hashed, RuleMask>,
+    trie: LpmTrie<MapData, N::Data, RuleMask>,
     names: (&'static str, &'static str),
-    /// The `LOOKUP_*` bits of (hosts, nets).
-    bits: (u32, u32),
+    table: usize,
 }
 
 impl<N: TableNet> AddrTables<N> {
-    /// Takes the (hosts, trie) maps named `names` from the object.
-    fn take(
-        ebpf: &mut Ebpf,
-        names: (&'static str, &'static str),
-        bits: (u32, u32),
-    ) -> Result<Self> {
+    /// Takes the (hashed, trie) maps named `names` from the object, for `GenSettings::addr`
+    /// entry `table`.
+    fn take(ebpf: &mut Ebpf, names: (&'static str, &'static str), table: usize) -> Result<Self> {
         Ok(Self {
-            hosts: take(ebpf, names.0)?,
-            nets: take(ebpf, names.1)?,
+            hashed: take(ebpf, names.0)?,
+            trie: take(ebpf, names.1)?,
             names,
-            bits,
+            table,
         })
     }
 
-    /// The `LOOKUP_*` bits of the tables `entries` go to.
-    fn lookups(&self, entries: &[(N, RuleMask)]) -> u32 {
-        entries.iter().fold(0, |bits, (net, _)| {
-            bits | if net.len() == N::BITS {
-                self.bits.0
-            } else {
-                self.bits.1
-            }
-        })
-    }
-
-    fn insert(&mut self, generation: u32, entries: &[(N, RuleMask)]) -> Result<()> {
+    fn insert(
+        &mut self,
+        generation: u32,
+        settings: &GenSettings,
+        entries: &[(N, RuleMask)],
+    ) -> Result<()> {
+        let plan = &settings.addr[self.table];
         for (net, mask) in entries {
-            if net.len() == N::BITS {
-                self.hosts
-                    .insert(net.data(generation), mask, 0)
+            if is_hashed(plan, net.len()) {
+                self.hashed
+                    .insert(net.hashed(generation), mask, 0)
                     .map_err(map_err(self.names.0))?;
             } else {
-                self.nets
-                    .insert(&self.key(generation, net), mask, 0)
+                self.trie
+                    .insert(&trie_key(generation, net), mask, 0)
                     .map_err(map_err(self.names.1))?;
             }
         }
         Ok(())
     }
 
-    fn remove(&mut self, generation: u32, entries: &[(N, RuleMask)]) -> Result<()> {
+    /// Removes `entries`, written by `insert` with the same `settings`.
+    fn remove(
+        &mut self,
+        generation: u32,
+        settings: &GenSettings,
+        entries: &[(N, RuleMask)],
+    ) -> Result<()> {
+        let plan = &settings.addr[self.table];
         for (net, _) in entries {
-            if net.len() == N::BITS {
-                self.hosts
-                    .remove(&net.data(generation))
+            if is_hashed(plan, net.len()) {
+                self.hashed
+                    .remove(&net.hashed(generation))
                     .map_err(map_err(self.names.0))?;
             } else {
-                self.nets
-                    .remove(&self.key(generation, net))
+                self.trie
+                    .remove(&trie_key(generation, net))
                     .map_err(map_err(self.names.1))?;
             }
         }
         Ok(())
     }
+}
 
-    fn key(&self, generation: u32, net: &N) -> Key<N::Data> {
-        Key::new(LPM_GEN_BITS + u32::from(net.len()), net.data(generation))
-    }
+fn trie_key<N: TableNet>(generation: u32, net: &N) -> Key<N::Data> {
+    Key::new(LPM_GEN_BITS + u32::from(net.len()), net.data(generation))
 }
 
 /// Whether an error means the caller lacks privilege, so the CLI can name the capability.

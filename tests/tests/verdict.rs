@@ -762,3 +762,74 @@ fn a_prefix_list_matches_any_of_its_hosts_and_networks() {
     assert_eq!(h.egress(&v6(V6_CLIENT)), PASS);
     assert_eq!(h.counters()[0].matched_pkts, 3);
 }
+
+/// Rule `i` takes UDP port 9000 + i to a prefix of `lens[i]` bits holding `inside`: written as
+/// rule text, so prefixes past the hashed lengths go to the trie.
+fn nested_prefix_rules(inside: &str, lens: &[u8]) -> Vec<String> {
+    let addr: std::net::IpAddr = inside.parse().unwrap();
+    lens.iter()
+        .enumerate()
+        .map(|(i, len)| {
+            let net = ipnet::IpNet::new(addr, *len).unwrap().trunc();
+            format!("proto=udp dport={} dst={net} drop=1", 9000 + i)
+        })
+        .collect()
+}
+
+#[test]
+fn every_prefix_length_matches_whether_hashed_or_in_the_trie() {
+    // Eleven lengths: the six longest are hashed, the rest (down to /0) are in the trie, and
+    // a packet must see every rule whose prefix holds its address, from either side.
+    let lens = [32, 30, 28, 26, 24, 22, 20, 18, 17, 16, 0];
+    let rules = nested_prefix_rules("198.18.0.2", &lens);
+    let mut h = Harness::new(&rules.iter().map(String::as_str).collect::<Vec<_>>());
+    for (i, len) in lens.iter().enumerate() {
+        let port = 9000 + i as u16;
+        assert_eq!(
+            h.egress(&udp4(V4_SERVER, port)),
+            DROP,
+            "/{len} holds the host"
+        );
+        // 198.18.64.1 is outside 198.18.0.0/18 and longer, inside /17, /16 and /0.
+        let want = if *len <= 17 { DROP } else { PASS };
+        assert_eq!(h.egress(&udp4([198, 18, 64, 1], port)), want, "/{len}");
+        // 198.19.0.1 is only in 0.0.0.0/0.
+        let want = if *len == 0 { DROP } else { PASS };
+        assert_eq!(h.egress(&udp4([198, 19, 0, 1], port)), want, "/{len}");
+    }
+
+    let lens = [128, 120, 112, 96, 80, 64, 48, 33, 32];
+    let rules = nested_prefix_rules("2001:db8::2", &lens);
+    h.apply(&rules.iter().map(String::as_str).collect::<Vec<_>>());
+    let v6 = |dst: [u8; 16], dport: u16| {
+        [
+            eth(0x86dd),
+            ipv6(IPPROTO_UDP, V6_CLIENT, dst, &[], &l4(40000, dport)),
+        ]
+        .concat()
+    };
+    // 2001:db8:0:1::2 differs from the server in bit 63: inside /48 and shorter only.
+    let mut near = V6_SERVER;
+    near[7] = 1;
+    for (i, len) in lens.iter().enumerate() {
+        let port = 9000 + i as u16;
+        assert_eq!(
+            h.egress(&v6(V6_SERVER, port)),
+            DROP,
+            "/{len} holds the host"
+        );
+        let want = if *len <= 48 { DROP } else { PASS };
+        assert_eq!(h.egress(&v6(near, port)), want, "/{len}");
+    }
+}
+
+#[test]
+fn a_zero_length_prefix_can_be_hashed() {
+    let mut h = Harness::new(&[
+        "proto=udp dport=9000 dst=198.18.0.2/32 drop=1",
+        "proto=udp dport=9001 dst=0.0.0.0/0 drop=1",
+    ]);
+    assert_eq!(h.egress(&udp4([198, 19, 0, 1], 9001)), DROP);
+    assert_eq!(h.egress(&udp4([198, 19, 0, 1], 9000)), PASS);
+    assert_eq!(h.egress(&udp4(V4_SERVER, 9001)), DROP);
+}

@@ -128,15 +128,16 @@ pub fn run(ctx: &Ctx) -> Section {
     let frames: Vec<Vec<u8>> = cases.iter().map(|c| udp_frame(c.v6, c.dport)).collect();
     // Cases sharing a rule set run back to back, so each set is written once per round.
     for round in 0..rounds {
-        let mut applied: Option<(bool, usize, usize, Fault)> = None;
+        let mut applied: Option<(bool, usize, usize, Shape, Fault)> = None;
         for (case, frame) in cases.iter_mut().zip(&frames) {
-            let key = (case.v6, case.rules, case.prefixes, case.fault);
+            let key = (case.v6, case.rules, case.prefixes, case.shape, case.fault);
             if applied != Some(key) {
-                dp.apply(&scale::rule_set(
+                dp.apply(&scale::rule_set_shaped(
                     case.rules,
                     case.prefixes,
                     case.fault,
                     case.v6,
+                    case.shape,
                 ))
                 .expect("write the rule set");
                 applied = Some(key);
@@ -255,9 +256,11 @@ pub fn run(ctx: &Ctx) -> Section {
     section.note(
         "A rule set holds at most 64 rules; prefix counts past that are the rules' dst= lists, \
          beside the looked-up host (198.18.0.0/16, 2001:db8::/112). \
-         \"hosts\" are /32 and /128 prefixes, which chaos keeps in hash tables; \"networks\" \
-         are /30 and /126 prefixes in the LPM tries, with the hit rule's own prefix a network \
-         too, so its lookup walks the dense part of the trie.",
+         \"hosts\" are /32 and /128 prefixes; \"networks\" are /30 and /126 prefixes, the hit \
+         rule's own prefix a network too. Both are in chaos's hash tables by prefix length (a \
+         rule set's six longest lengths are hashed; an LPM trie takes only shorter lengths \
+         than those, and its walk grows with the prefixes: 10,000 /30s in the trie measured \
+         +161 % per packet over one).",
     );
     section.note(
         "hit-drop returns the silent-drop redirect; under BPF_PROG_TEST_RUN the redirect is not \

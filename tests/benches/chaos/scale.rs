@@ -2,8 +2,8 @@
 //!
 //! A rule set holds at most 64 rules (one bit each in a `RuleMask`), so the larger counts are
 //! prefixes: the rules' `dst=` lists. They sit in the test networks right beside the addresses
-//! the bench looks up (198.18.0.0/16, 2001:db8::/112), so a lookup walks the dense part of a
-//! trie: the worst case, not a trie that branches away at the first bit.
+//! the bench looks up (198.18.0.0/16, 2001:db8::/112): dense, the worst case for an LPM trie,
+//! whatever a table keeps them in.
 
 use chaos_user::{
     compile::{CompiledRules, compile},
@@ -36,10 +36,9 @@ pub enum Fault {
 /// What the destination prefixes are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shape {
-    /// /32 and /128 hosts: chaos keeps them in hash tables.
+    /// /32 and /128 hosts.
     Hosts,
-    /// /30 and /126 networks: they go to the LPM tries, and rule 0 is the network holding the
-    /// server, so its lookups walk the trie.
+    /// /30 and /126 networks, rule 0's the one holding the server.
     Nets,
 }
 
