@@ -202,6 +202,23 @@ pub fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// CPU time the whole host has spent busy (user, nice, system, irq and softirq over every CPU,
+/// from /proc/stat) in ns: what a piece of work costs the machine, wherever it ran.
+pub fn host_busy_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
+    let line = stat.lines().next().expect("/proc/stat has a cpu line");
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|t| t.parse().expect("/proc/stat counts"))
+        .collect();
+    // user nice system idle iowait irq softirq [steal ...]: idle, iowait and steal are not ours.
+    let busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6];
+    // SAFETY: plain libc query.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    busy * (1_000_000_000 / hz)
+}
+
 /// Index of `iface` in the calling thread's namespace.
 pub fn ifindex(iface: &str) -> u32 {
     let name = std::ffi::CString::new(iface).unwrap();

@@ -42,3 +42,21 @@ pub fn binomial_band(n: u64, p: f64) -> (f64, f64) {
 pub fn f(x: f64, digits: usize) -> String {
     format!("{x:.digits$}")
 }
+
+/// A distribution-free confidence interval of about 95 % for the median, from order
+/// statistics (the normal approximation to the binomial): (low, high); the whole range when
+/// there are too few samples for one.
+pub fn median_ci(v: &[f64]) -> (f64, f64) {
+    let n = v.len();
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let k = ((n as f64 - 1.96 * (n as f64).sqrt()) / 2.0).floor();
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    if k < 1.0 {
+        return (s[0], s[n - 1]);
+    }
+    let k = k as usize;
+    (s[k - 1], s[n - k])
+}
