@@ -240,7 +240,6 @@ mod pod {
     unsafe impl aya::Pod for super::GenSettings {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RuleAction {}
-
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RateState {}
     // SAFETY: as above.

@@ -97,41 +97,43 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
     let family = flow.family;
     let (src_any, dst_any) = (settings.src_any[family & 1], settings.dst_any[family & 1]);
     if family == FAMILY_V4 {
-        let (src, dst) = (v4_addr(&flow.src), v4_addr(&flow.dst));
         rules = narrow(rules, src_any, || {
+            let addr = v4_addr(&flow.src);
             addr_rules::<_, _, 32>(
                 (&CHAOS_SRC4_HASHED, &CHAOS_SRC4_RULES),
                 &settings.addr[TABLE_SRC4],
-                |len| v4_prefix_key(key_gen, len, src),
+                |len| v4_prefix_key(key_gen, len, addr),
                 || v4_data(key_gen, &flow.src),
                 src_any,
             )
         });
         rules = narrow(rules, dst_any, || {
+            let addr = v4_addr(&flow.dst);
             addr_rules::<_, _, 32>(
                 (&CHAOS_DST4_HASHED, &CHAOS_DST4_RULES),
                 &settings.addr[TABLE_DST4],
-                |len| v4_prefix_key(key_gen, len, dst),
+                |len| v4_prefix_key(key_gen, len, addr),
                 || v4_data(key_gen, &flow.dst),
                 dst_any,
             )
         });
     } else {
-        let (src, dst) = (v6_addr(&flow.src), v6_addr(&flow.dst));
         rules = narrow(rules, src_any, || {
+            let addr = v6_addr(&flow.src);
             addr_rules::<_, _, 128>(
                 (&CHAOS_SRC6_HASHED, &CHAOS_SRC6_RULES),
                 &settings.addr[TABLE_SRC6],
-                |len| v6_prefix_key(key_gen, len, src),
+                |len| v6_prefix_key(key_gen, len, addr),
                 || v6_data(key_gen, &flow.src),
                 src_any,
             )
         });
         rules = narrow(rules, dst_any, || {
+            let addr = v6_addr(&flow.dst);
             addr_rules::<_, _, 128>(
                 (&CHAOS_DST6_HASHED, &CHAOS_DST6_RULES),
                 &settings.addr[TABLE_DST6],
-                |len| v6_prefix_key(key_gen, len, dst),
+                |len| v6_prefix_key(key_gen, len, addr),
                 || v6_data(key_gen, &flow.dst),
                 dst_any,
             )

@@ -48,12 +48,12 @@ pub fn f(x: f64, digits: usize) -> String {
 /// there are too few samples for one.
 pub fn median_ci(v: &[f64]) -> (f64, f64) {
     let n = v.len();
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let k = ((n as f64 - 1.96 * (n as f64).sqrt()) / 2.0).floor();
     if n == 0 {
         return (f64::NAN, f64::NAN);
     }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let k = ((n as f64 - 1.96 * (n as f64).sqrt()) / 2.0).floor();
     if k < 1.0 {
         return (s[0], s[n - 1]);
     }
