@@ -11,7 +11,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::rule::Rule;
+use crate::{
+    duration::{self, Bounds},
+    rule::Rule,
+};
 
 /// Most experiments one daemon holds (each interface also holds at most 64 rules in all).
 pub const MAX_EXPERIMENTS: usize = 256;
@@ -110,17 +113,14 @@ impl TryFrom<ExperimentSpec> for Experiment {
         let duration = spec
             .duration
             .as_deref()
-            .map(|d| parse_duration("duration", d))
+            .map(|d| parse_duration("duration", d, Bounds::POSITIVE))
             .transpose()?;
         let start_delay = spec
             .start_delay
             .as_deref()
-            .map(|d| parse_duration("start_delay", d))
+            .map(|d| parse_duration("start_delay", d, Bounds::ANY))
             .transpose()?
             .unwrap_or(Duration::ZERO);
-        if duration == Some(Duration::ZERO) {
-            return Err(ExperimentError::new("duration", "must be longer than zero"));
-        }
         Ok(Self {
             spec,
             rules,
@@ -147,9 +147,8 @@ fn validate_name(name: &str) -> Result<(), ExperimentError> {
     }
 }
 
-fn parse_duration(field: &str, text: &str) -> Result<Duration, ExperimentError> {
-    humantime::parse_duration(text)
-        .map_err(|e| ExperimentError::new(field, format!("{e} (examples: 30s, 5m, 1h)")))
+fn parse_duration(field: &str, text: &str, bounds: Bounds) -> Result<Duration, ExperimentError> {
+    duration::parse(text, bounds).map_err(|e| ExperimentError::new(field, e.to_string()))
 }
 
 /// A config file or `chaos apply -f` file: `[[experiment]]` tables.

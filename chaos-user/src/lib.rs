@@ -11,6 +11,7 @@ pub mod compile;
 pub mod daemon;
 pub mod datapath;
 pub mod dist;
+pub mod duration;
 pub mod experiment;
 pub mod guard;
 pub mod host;

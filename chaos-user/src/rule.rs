@@ -13,6 +13,8 @@ use chaos_common::rules::DIST_MAX_SIGMA;
 use ipnet::IpNet;
 use thiserror::Error;
 
+use crate::duration::{self, Bounds, DurationError};
+
 /// Why a rule string was refused. Each names the key and the offending text.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum RuleError {
@@ -20,7 +22,7 @@ pub enum RuleError {
     Empty,
     #[error("'{0}' is not key=value")]
     NotKeyValue(String),
-    #[error("unknown key '{0}' (known: dir, proto, dport, sport, dst, src, drop)")]
+    #[error("unknown key '{0}' (known: {known})", known = KEYS.join(", "))]
     UnknownKey(String),
     #[error("key '{0}' given twice")]
     Duplicate(&'static str),
@@ -46,8 +48,12 @@ pub enum RuleError {
     MixedFamilies { src: IpNet, dst: IpNet },
     #[error("{key}={value}: expected a probability from 0 to 1, or a percentage from 0% to 100%")]
     Probability { key: &'static str, value: String },
-    #[error("{key}={value}: expected a duration such as 50ms, 1.5s or 200us")]
-    Duration { key: &'static str, value: String },
+    #[error("{key}={value}: {reason}")]
+    Duration {
+        key: &'static str,
+        value: String,
+        reason: DurationError,
+    },
     #[error("dist={0}: expected uniform, normal, pareto or paretonormal")]
     Distribution(String),
     #[error("rate={0}: expected a positive rate such as 500kbit, 10mbit or 2gbit")]
@@ -67,6 +73,12 @@ pub enum RuleError {
         limit_s: u64,
     },
 }
+
+/// Every key of the language, in the order `--help` lists them: the parser's one list.
+pub const KEYS: [&str; 14] = [
+    "dir", "proto", "dport", "sport", "dst", "src", "drop", "delay", "jitter", "dist", "delay-p",
+    "rate", "reorder", "force",
+];
 
 /// The longest time fq can hold a packet: its horizon is a u32 of microseconds, and iproute2
 /// silently wraps larger values, so chaos refuses delays past it.
@@ -404,24 +416,13 @@ fn parse_probability(key: &'static str, value: &str) -> Result<Probability, Rule
     Probability::new(p).ok_or_else(err)
 }
 
-/// A decimal number and a unit: `us`, `ms` or `s` (`1.5s`, `50ms`, `200us`).
+/// A duration in chaos's one syntax (see `crate::duration`); zero is allowed.
 fn parse_duration(key: &'static str, value: &str) -> Result<Duration, RuleError> {
-    let err = || RuleError::Duration {
+    duration::parse(value, Bounds::ANY).map_err(|reason| RuleError::Duration {
         key,
         value: value.to_owned(),
-    };
-    let split = value
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(err)?;
-    let (number, unit) = value.split_at(split);
-    let number: f64 = number.parse().map_err(|_| err())?;
-    let seconds = match unit {
-        "us" => number / 1e6,
-        "ms" => number / 1e3,
-        "s" => number,
-        _ => return Err(err()),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| err())
+        reason,
+    })
 }
 
 fn parse_distribution(value: &str) -> Result<Distribution, RuleError> {
@@ -523,146 +524,111 @@ mod tests {
 
     #[test]
     fn errors_name_the_problem() {
-        let cases: &[(&str, RuleError)] = &[
-            ("", RuleError::Empty),
-            ("drop", RuleError::NotKeyValue("drop".into())),
-            ("color=red", RuleError::UnknownKey("color".into())),
-            ("drop=1 drop=0", RuleError::Duplicate("drop")),
-            ("dir=sideways", RuleError::Direction("sideways".into())),
-            ("proto=icmp", RuleError::Protocol("icmp".into())),
+        let cases: &[(&str, &str)] = &[
             (
-                "dport=0",
-                RuleError::Port {
-                    key: "dport",
-                    value: "0".into(),
-                },
+                "",
+                "empty rule: give at least one key=value, e.g. 'proto=udp dport=9000 drop=30%'",
             ),
+            ("drop", "'drop' is not key=value"),
             (
-                "dport=65536",
-                RuleError::Port {
-                    key: "dport",
-                    value: "65536".into(),
-                },
+                "color=red",
+                "unknown key 'color' (known: dir, proto, dport, sport, dst, src, drop, delay, jitter, dist, delay-p, rate, reorder, force)",
             ),
-            (
-                "sport=-5",
-                RuleError::Port {
-                    key: "sport",
-                    value: "-5".into(),
-                },
-            ),
+            ("drop=1 drop=0", "key 'drop' given twice"),
+            ("dir=sideways", "dir=sideways: expected egress or ingress"),
+            ("proto=icmp", "proto=icmp: expected tcp, udp or any"),
+            ("dport=0", "dport=0: ports are 1-65535"),
+            ("dport=65536", "dport=65536: ports are 1-65535"),
+            ("sport=-5", "sport=-5: ports are 1-65535"),
             (
                 "dport=9001-9000",
-                RuleError::InvertedRange {
-                    key: "dport",
-                    value: "9001-9000".into(),
-                },
+                "dport=9001-9000: range start is above its end",
             ),
             (
                 "dst=198.18.0.0/33",
-                RuleError::Cidr {
-                    key: "dst",
-                    value: "198.18.0.0/33".into(),
-                },
+                "dst=198.18.0.0/33: not a CIDR such as 198.18.0.0/15 or 2001:db8::/32",
             ),
             (
                 "src=nonsense",
-                RuleError::Cidr {
-                    key: "src",
-                    value: "nonsense".into(),
-                },
+                "src=nonsense: not a CIDR such as 198.18.0.0/15 or 2001:db8::/32",
             ),
             (
                 "drop=1.5",
-                RuleError::Probability {
-                    key: "drop",
-                    value: "1.5".into(),
-                },
+                "drop=1.5: expected a probability from 0 to 1, or a percentage from 0% to 100%",
             ),
             (
                 "drop=-1%",
-                RuleError::Probability {
-                    key: "drop",
-                    value: "-1%".into(),
-                },
+                "drop=-1%: expected a probability from 0 to 1, or a percentage from 0% to 100%",
             ),
             (
                 "drop=101%",
-                RuleError::Probability {
-                    key: "drop",
-                    value: "101%".into(),
-                },
+                "drop=101%: expected a probability from 0 to 1, or a percentage from 0% to 100%",
             ),
             (
                 "drop=NaN",
-                RuleError::Probability {
-                    key: "drop",
-                    value: "NaN".into(),
-                },
+                "drop=NaN: expected a probability from 0 to 1, or a percentage from 0% to 100%",
             ),
             (
                 "delay=1 delay-p=2",
-                RuleError::Duration {
-                    key: "delay",
-                    value: "1".into(),
-                },
+                "delay=1: '1' is not a duration (examples: 200us, 50ms, 1.5s, 5m, 1h30m)",
             ),
             (
                 "delay=5ms delay-p=2",
-                RuleError::Probability {
-                    key: "delay-p",
-                    value: "2".into(),
-                },
+                "delay-p=2: expected a probability from 0 to 1, or a percentage from 0% to 100%",
             ),
             (
                 "delay=-5ms",
-                RuleError::Duration {
-                    key: "delay",
-                    value: "-5ms".into(),
-                },
+                "delay=-5ms: '-5ms' is not a duration (examples: 200us, 50ms, 1.5s, 5m, 1h30m)",
             ),
             (
                 "delay=5h",
-                RuleError::Duration {
-                    key: "delay",
-                    value: "5h".into(),
-                },
+                "delay 18000s + 8 x jitter 0ns exceeds fq's horizon limit of 4294 s (a 32-bit microsecond count)",
             ),
             (
                 "delay=5ms jitter=x",
-                RuleError::Duration {
-                    key: "jitter",
-                    value: "x".into(),
-                },
+                "jitter=x: 'x' is not a duration (examples: 200us, 50ms, 1.5s, 5m, 1h30m)",
             ),
             (
                 "delay=5ms jitter=1ms dist=gauss",
-                RuleError::Distribution("gauss".into()),
+                "dist=gauss: expected uniform, normal, pareto or paretonormal",
             ),
-            ("rate=fast", RuleError::Rate("fast".into())),
-            ("rate=0mbit", RuleError::Rate("0mbit".into())),
-            ("rate=10mbit/s", RuleError::Rate("10mbit/s".into())),
+            (
+                "rate=fast",
+                "rate=fast: expected a positive rate such as 500kbit, 10mbit or 2gbit",
+            ),
+            (
+                "rate=0mbit",
+                "rate=0mbit: expected a positive rate such as 500kbit, 10mbit or 2gbit",
+            ),
+            (
+                "rate=10mbit/s",
+                "rate=10mbit/s: expected a positive rate such as 500kbit, 10mbit or 2gbit",
+            ),
             (
                 "delay=5ms reorder=maybe",
-                RuleError::YesNo {
-                    key: "reorder",
-                    value: "maybe".into(),
-                },
+                "reorder=maybe: expected yes or no",
             ),
-            (
-                "force=1",
-                RuleError::YesNo {
-                    key: "force",
-                    value: "1".into(),
-                },
-            ),
-            ("jitter=5ms", RuleError::NeedsDelay("jitter")),
-            ("delay-p=50%", RuleError::NeedsDelay("delay-p")),
-            ("reorder=yes", RuleError::NeedsDelay("reorder")),
-            ("delay=5ms dist=normal", RuleError::DistNeedsJitter),
+            ("force=1", "force=1: expected yes or no"),
+            ("jitter=5ms", "jitter needs delay=..."),
+            ("delay-p=50%", "delay-p needs delay=..."),
+            ("reorder=yes", "reorder needs delay=..."),
+            ("delay=5ms dist=normal", "dist needs jitter=..."),
         ];
         for (text, want) in cases {
-            assert_eq!(parse(text).as_ref().unwrap_err(), want, "rule {text:?}");
+            assert_eq!(parse(text).unwrap_err().to_string(), *want, "rule {text:?}");
+        }
+    }
+
+    #[test]
+    fn the_unknown_key_error_lists_every_key_the_parser_takes() {
+        let err = parse("colour=red").unwrap_err().to_string();
+        for key in KEYS {
+            assert!(err.contains(key), "{err} misses {key}");
+            let refused = parse(&format!("{key}=?")).unwrap_err();
+            assert!(
+                !matches!(refused, RuleError::UnknownKey(_)),
+                "{key} is listed but unknown to the parser"
+            );
         }
     }
 

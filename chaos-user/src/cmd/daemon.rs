@@ -19,6 +19,7 @@ use crate::{
         api,
         state::{ApiError, Manager, Policy},
     },
+    duration::{self, Bounds},
     experiment::{ExperimentFile, ExperimentSpec},
     guard::Guard,
 };
@@ -52,12 +53,12 @@ pub struct DaemonArgs {
     pub exclude_ports: Vec<u16>,
 
     /// Longest experiment allowed; experiments without a duration end after this.
-    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = duration::flag(Bounds::POSITIVE))]
     pub max_duration: std::time::Duration,
 
     /// The program stops injecting when the daemon has not renewed this lease in time (every
-    /// third of it): faults never outlive a killed or frozen daemon.
-    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
+    /// third of it): faults never outlive a killed or frozen daemon. At least 100ms.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = duration::flag(Bounds::LEASE))]
     pub lease: std::time::Duration,
 }
 

@@ -13,6 +13,7 @@ use crate::{
     InputError, caps,
     compile::{CompiledRules, Holds, compile, holds},
     datapath::{AttachMode, Datapath, is_permission_error},
+    duration::{self, Bounds},
     guard::{self, Guard},
     host, netns,
     report::{RuleReport, json_lines, table},
@@ -45,7 +46,7 @@ pub struct RunArgs {
     pub rules: Vec<String>,
 
     /// Stop after this long, e.g. 30s, 5m, 1h30m. Default: run until interrupted.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration::flag(Bounds::POSITIVE))]
     pub duration: Option<Duration>,
 
     /// Format of the report.
@@ -66,7 +67,8 @@ pub struct RunArgs {
 
     /// The program stops injecting when chaos has not renewed this lease in time (it renews it
     /// every third of it): faults never outlive a killed or frozen chaos.
-    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    /// At least 100ms.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = duration::flag(Bounds::LEASE))]
     pub lease: Duration,
 }
 
@@ -95,14 +97,6 @@ Kubernetes API, 10250 kubelet) is never faulted unless the rule says force=yes; 
 names only excluded ports is refused.
 Needs CAP_NET_ADMIN, CAP_BPF and CAP_PERFMON (and CAP_SYS_ADMIN with --netns). Exit status 2
 means bad input or an unfit environment; nothing was attached.";
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 10s, 5m, 1h)"))?;
-    if d.is_zero() {
-        return Err("must be longer than zero".to_owned());
-    }
-    Ok(d)
-}
 
 /// Everything validated before the kernel is touched.
 #[derive(Debug)]
@@ -406,9 +400,34 @@ mod tests {
     }
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("soon").is_err());
+    fn durations_are_bounded_where_zero_makes_no_sense() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["chaos", "--iface", "lo", "--rule", "drop=1"];
+            argv.extend(extra);
+            Cli::try_parse_from(argv).map(|c| c.run)
+        };
+        let run = parse(&["--duration", "1m30s", "--lease", "1.5s"]).unwrap();
+        assert_eq!(run.duration, Some(Duration::from_secs(90)));
+        assert_eq!(run.lease, Duration::from_millis(1500));
+        let err = |extra: &[&str]| parse(extra).err().unwrap().to_string();
+        assert!(
+            err(&["--lease", "2ns"]).contains(
+                "2ns is shorter than the minimum 100ms (the lease is renewed every third of it)"
+            ),
+            "{}",
+            err(&["--lease", "2ns"])
+        );
+        assert!(err(&["--lease", "0s"]).contains("0s is shorter than the minimum 100ms"));
+        assert!(
+            err(&["--duration", "0s"])
+                .contains("0s is shorter than the minimum 1ns (a zero-length fault does nothing)")
+        );
+        assert!(err(&["--duration", "soon"]).contains("'soon' is not a duration"));
     }
 }
