@@ -17,8 +17,56 @@ pub const MAX_RULES: u32 = RuleMask::BITS;
 /// Two generations: the one the kernel reads and the one the loader writes.
 pub const GENERATIONS: u32 = 2;
 
-/// Entries per generation in the port arrays: one per port number.
+/// Port numbers: 0 to 65535.
 pub const PORTS: u32 = 1 << 16;
+
+/// Ports per [`PortClasses`] block.
+pub const PORT_BLOCK: usize = 64;
+
+/// Blocks per generation in a port-class array.
+pub const PORT_BLOCKS: u32 = PORTS / PORT_BLOCK as u32;
+
+/// Distinct port classes a field can have: the class is a byte. A rule set of 64 rules cuts the
+/// port space into at most 129 ranges, so a byte is always enough.
+pub const PORT_CLASSES: usize = 256;
+
+/// Index into the port fields of [`GenSettings`] and the port-class maps.
+pub const PORT_DST: usize = 0;
+/// Index into the port fields of [`GenSettings`] and the port-class maps.
+pub const PORT_SRC: usize = 1;
+
+/// The class of each of 64 consecutive ports, `gen * PORT_BLOCKS + port / PORT_BLOCK`.
+///
+/// A port array of masks costs 8 bytes a port (1 MiB per field for two generations); a class
+/// byte costs one, and the masks of the few classes a rule set has sit in [`GenSettings`].
+/// Class 0 is "no rule that constrains this field accepts the port".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortClasses {
+    pub class: [u8; PORT_BLOCK],
+}
+
+impl Default for PortClasses {
+    fn default() -> Self {
+        Self {
+            class: [0; PORT_BLOCK],
+        }
+    }
+}
+
+impl PortClasses {
+    /// Index of the block holding `port` in `generation`.
+    #[inline(always)]
+    pub const fn index(generation: u32, port: u16) -> u32 {
+        generation * PORT_BLOCKS + port as u32 / PORT_BLOCK as u32
+    }
+
+    /// Position of `port` within its block.
+    #[inline(always)]
+    pub const fn slot(port: u16) -> usize {
+        port as usize % PORT_BLOCK
+    }
+}
 
 /// Fixed-point scale of probabilities: 1.0 is `1 << 31`, so two of them multiply in a `u64`.
 pub const PROB_ONE: u32 = 1 << 31;
@@ -67,7 +115,7 @@ pub const CONFIG_F_REVERSE_TCP_DELAY: u32 = 1 << 0;
 
 /// Per-generation masks that are not keyed by a packet field value.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GenSettings {
     /// Rules that apply to each direction, by `DIR_*`.
     pub dir_rules: [RuleMask; 2],
@@ -88,12 +136,34 @@ pub struct GenSettings {
     /// daemon's own API), whatever else they match. Entries past `guard_count` are unused.
     pub guard_ports: [u16; MAX_GUARD_PORTS],
     /// How each address table is looked up, by `TABLE_*`.
-    pub addr: [AddrLookup; 4],
+    pub addr: [AddrLookup; TABLES],
     /// Number of `guard_ports` in use.
     pub guard_count: u32,
     pub _pad: u32,
     /// For each of `guard_ports`, the rules that may not match a TCP packet from or to it.
     pub guard_rules: [RuleMask; MAX_GUARD_PORTS],
+    /// The rules each port class accepts, by `PORT_DST`/`PORT_SRC` (see [`PortClasses`]).
+    pub port_masks: [[RuleMask; PORT_CLASSES]; 2],
+}
+
+impl Default for GenSettings {
+    fn default() -> Self {
+        Self {
+            dir_rules: [0; 2],
+            proto_rules: [0; 3],
+            portless_rules: 0,
+            dport_any: 0,
+            sport_any: 0,
+            src_any: [0; 2],
+            dst_any: [0; 2],
+            guard_ports: [0; MAX_GUARD_PORTS],
+            addr: [AddrLookup::default(); TABLES],
+            guard_count: 0,
+            _pad: 0,
+            guard_rules: [0; MAX_GUARD_PORTS],
+            port_masks: [[0; PORT_CLASSES]; 2],
+        }
+    }
 }
 
 /// Address tables, one per field and family: indexes of `GenSettings::addr`.
@@ -101,6 +171,14 @@ pub const TABLE_SRC4: usize = 0;
 pub const TABLE_DST4: usize = 1;
 pub const TABLE_SRC6: usize = 2;
 pub const TABLE_DST6: usize = 3;
+/// Number of address tables.
+pub const TABLES: usize = 4;
+
+/// The address table of a field (`PORT_SRC`-style: 0 source, 1 destination) and family.
+#[inline(always)]
+pub const fn table(destination: bool, family: usize) -> usize {
+    family * 2 + destination as usize
+}
 
 /// Where one address table of a generation keeps its prefixes.
 ///
@@ -182,6 +260,14 @@ pub const DIST_SCALE_SHIFT: u32 = 12;
 /// Table entries are i16, so they span ±8 standard deviations.
 pub const DIST_MAX_SIGMA: u32 = 8;
 
+/// One delay distribution, in units of 1/4096 standard deviation. One array entry per table:
+/// an array of single i16s would round every entry up to 8 bytes in the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DistTable {
+    pub entries: [i16; DIST_TABLE_SIZE as usize],
+}
+
 /// Per-rule pacing state for `rate=`: when the rule's virtual link is next free.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -209,23 +295,113 @@ pub const MAX_FLOWS: u32 = 65536;
 /// Local TCP connections whose returning packets carry a rule's delay.
 pub const MAX_REVERSE_FLOWS: u32 = 16384;
 
-/// Key data of the IPv4 prefix trie: the generation byte, then the address in network order.
-/// The trie's prefix length counts the generation's 8 bits.
-pub type Ipv4LpmData = [u8; 5];
+/// Key of the IPv4 hashed prefix tables (see `AddrLookup`): the generation, the prefix length,
+/// then the address cut to the length, in network order. 8 bytes, a multiple of four, which
+/// the kernel hashes a word at a time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ipv4PrefixKey {
+    pub generation: u8,
+    pub len: u8,
+    pub _pad: [u8; 2],
+    pub addr: [u8; 4],
+}
 
-/// Key data of the IPv6 prefix trie: the generation byte, then the address in network order.
-pub type Ipv6LpmData = [u8; 17];
+impl Ipv4PrefixKey {
+    /// The key of the `len`-bit prefix holding `addr` (host order).
+    #[inline(always)]
+    pub fn new(generation: u8, len: u8, addr: u32) -> Self {
+        let len = if len > 32 { 32 } else { len };
+        let mask = match u32::MAX.checked_shl(32 - len as u32) {
+            Some(m) => m,
+            None => 0,
+        };
+        Self {
+            generation,
+            len,
+            _pad: [0; 2],
+            addr: (addr & mask).to_be_bytes(),
+        }
+    }
+}
 
-/// Key of the IPv4 hashed prefix tables (see `AddrLookup`): the generation byte, the prefix
-/// length, two zero bytes, then the address cut to the length, in network order. A multiple
-/// of four bytes, which the kernel hashes a word at a time.
-pub type Ipv4PrefixKey = [u8; 8];
+/// Key of the IPv6 hashed prefix tables: as [`Ipv4PrefixKey`], 20 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ipv6PrefixKey {
+    pub generation: u8,
+    pub len: u8,
+    pub _pad: [u8; 2],
+    pub addr: [u8; 16],
+}
 
-/// Key of the IPv6 hashed prefix tables.
-pub type Ipv6PrefixKey = [u8; 20];
+impl Ipv6PrefixKey {
+    /// The key of the `len`-bit prefix holding the address `(hi, lo)` (its two 64-bit halves,
+    /// host order: BPF has no 128-bit shifts).
+    #[inline(always)]
+    pub fn new(generation: u8, len: u8, (hi, lo): (u64, u64)) -> Self {
+        let len = if len > 128 { 128 } else { len };
+        let ones = |bits: u8| match u64::MAX.checked_shl(64 - bits as u32) {
+            Some(m) => m,
+            None => 0,
+        };
+        let (hi_mask, lo_mask) = if len >= 64 {
+            (u64::MAX, ones(len - 64))
+        } else {
+            (ones(len), 0)
+        };
+        let mut addr = [0u8; 16];
+        let (h, l) = addr.split_at_mut(8);
+        h.copy_from_slice(&(hi & hi_mask).to_be_bytes());
+        l.copy_from_slice(&(lo & lo_mask).to_be_bytes());
+        Self {
+            generation,
+            len,
+            _pad: [0; 2],
+            addr,
+        }
+    }
+}
+
+/// Key data of the IPv4 prefix trie: the generation, then the address in network order. The
+/// trie's prefix length counts the generation's 8 bits ([`trie_prefix_len`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ipv4TrieKey {
+    pub generation: u8,
+    pub addr: [u8; 4],
+}
+
+impl Ipv4TrieKey {
+    #[inline(always)]
+    pub const fn new(generation: u8, addr: [u8; 4]) -> Self {
+        Self { generation, addr }
+    }
+}
+
+/// Key data of the IPv6 prefix trie: as [`Ipv4TrieKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ipv6TrieKey {
+    pub generation: u8,
+    pub addr: [u8; 16],
+}
+
+impl Ipv6TrieKey {
+    #[inline(always)]
+    pub const fn new(generation: u8, addr: [u8; 16]) -> Self {
+        Self { generation, addr }
+    }
+}
 
 /// Bits of the generation byte at the head of every prefix key.
 pub const LPM_GEN_BITS: u32 = 8;
+
+/// The trie prefix length of an address prefix `len` bits long: the generation byte first.
+#[inline(always)]
+pub const fn trie_prefix_len(len: u8) -> u32 {
+    LPM_GEN_BITS + len as u32
+}
 
 /// Most prefixes each address map (hash or trie) holds, over both generations: room for
 /// prefix lists and the bench's scale runs (up to 60,000 prefixes in one generation). Both
@@ -244,12 +420,29 @@ mod pod {
     unsafe impl aya::Pod for super::RateState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortClasses {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Ipv4PrefixKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Ipv6PrefixKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Ipv4TrieKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Ipv6TrieKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DistTable {}
 }
 
 const _: () = assert!(core::mem::size_of::<RuntimeConfig>() == 24);
 const _: () = assert!(
     core::mem::size_of::<GenSettings>()
-        == 8 * 12 + 2 * MAX_GUARD_PORTS + 4 * 8 + 8 + 8 * MAX_GUARD_PORTS
+        == 8 * 12 + 2 * MAX_GUARD_PORTS + 4 * 8 + 8 + 8 * MAX_GUARD_PORTS + 2 * 8 * PORT_CLASSES
 );
+const _: () = assert!(core::mem::size_of::<Ipv4PrefixKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Ipv6PrefixKey>() == 20);
+const _: () = assert!(core::mem::size_of::<Ipv4TrieKey>() == 5);
+const _: () = assert!(core::mem::size_of::<Ipv6TrieKey>() == 17);
+const _: () = assert!(core::mem::size_of::<PortClasses>() == PORT_BLOCK);
 const _: () = assert!(core::mem::size_of::<RuleAction>() == 64);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);

@@ -9,9 +9,9 @@ use aya_ebpf::{
 use chaos_common::{
     GenSettings, RuleAction, RuleCounters, RuntimeConfig,
     rules::{
-        DIST_TABLE_SIZE, DIST_TABLES, FlowKey, GENERATIONS, Ipv4LpmData, Ipv4PrefixKey,
-        Ipv6LpmData, Ipv6PrefixKey, MAX_FLOWS, MAX_PREFIXES, MAX_REVERSE_FLOWS, MAX_RULES, PORTS,
-        RateState, RuleMask,
+        DIST_TABLES, DistTable, FlowKey, GENERATIONS, Ipv4PrefixKey, Ipv4TrieKey, Ipv6PrefixKey,
+        Ipv6TrieKey, MAX_FLOWS, MAX_PREFIXES, MAX_REVERSE_FLOWS, MAX_RULES, PORT_BLOCKS,
+        PortClasses, RateState, RuleMask,
     },
 };
 
@@ -23,37 +23,40 @@ pub static CHAOS_CONFIG: Array<RuntimeConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static CHAOS_SETTINGS: Array<GenSettings> = Array::with_max_entries(GENERATIONS, 0);
 
-/// Rules constrained on the destination port that accept a port: `gen * PORTS + port`.
+/// The class of each destination port (see `PortClasses`); its mask is in the settings.
 #[map]
-pub static CHAOS_DPORT_RULES: Array<RuleMask> = Array::with_max_entries(GENERATIONS * PORTS, 0);
+pub static CHAOS_DPORT_CLASSES: Array<PortClasses> =
+    Array::with_max_entries(GENERATIONS * PORT_BLOCKS, 0);
 
-/// Rules constrained on the source port that accept a port: `gen * PORTS + port`.
+/// The class of each source port.
 #[map]
-pub static CHAOS_SPORT_RULES: Array<RuleMask> = Array::with_max_entries(GENERATIONS * PORTS, 0);
+pub static CHAOS_SPORT_CLASSES: Array<PortClasses> =
+    Array::with_max_entries(GENERATIONS * PORT_BLOCKS, 0);
 
 /// IPv4 source prefixes shorter than the hashed lengths: each value holds every rule whose
 /// prefix contains the key's.
 #[map]
-pub static CHAOS_SRC4_RULES: LpmTrie<Ipv4LpmData, RuleMask> =
+pub static CHAOS_SRC4_RULES: LpmTrie<Ipv4TrieKey, RuleMask> =
     LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 
 /// IPv4 destination prefixes.
 #[map]
-pub static CHAOS_DST4_RULES: LpmTrie<Ipv4LpmData, RuleMask> =
+pub static CHAOS_DST4_RULES: LpmTrie<Ipv4TrieKey, RuleMask> =
     LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 
 /// IPv6 source prefixes.
 #[map]
-pub static CHAOS_SRC6_RULES: LpmTrie<Ipv6LpmData, RuleMask> =
+pub static CHAOS_SRC6_RULES: LpmTrie<Ipv6TrieKey, RuleMask> =
     LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 
 /// IPv6 destination prefixes.
 #[map]
-pub static CHAOS_DST6_RULES: LpmTrie<Ipv6LpmData, RuleMask> =
+pub static CHAOS_DST6_RULES: LpmTrie<Ipv6TrieKey, RuleMask> =
     LpmTrie::with_max_entries(MAX_PREFIXES, 0);
 
 /// IPv4 source prefixes of the hashed lengths (see `AddrLookup`), by generation, length and
-/// address; the same values the trie would hold.
+/// address; the same values the trie would hold. The loader sizes the hashed tables at load
+/// (a hash map allocates its buckets for `max_entries` up front).
 #[map]
 pub static CHAOS_SRC4_HASHED: HashMap<Ipv4PrefixKey, RuleMask> =
     HashMap::with_max_entries(MAX_PREFIXES, BPF_F_NO_PREALLOC);
@@ -81,11 +84,10 @@ pub static CHAOS_ACTIONS: Array<RuleAction> = Array::with_max_entries(GENERATION
 #[map]
 pub static CHAOS_COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 
-/// Delay distributions (normal, Pareto, Pareto-normal), `DIST_TABLE_SIZE` entries each, in
-/// units of 1/8192 standard deviation; filled once by the loader, as netem's tables.
+/// Delay distributions (normal, Pareto, Pareto-normal); filled once by the loader, as netem's
+/// tables.
 #[map]
-pub static CHAOS_DIST_TABLES: Array<i16> =
-    Array::with_max_entries(DIST_TABLES * DIST_TABLE_SIZE, 0);
+pub static CHAOS_DIST_TABLES: Array<DistTable> = Array::with_max_entries(DIST_TABLES, 0);
 
 /// Pacing state of each rule's `rate=` by counter slot. Shared by all CPUs: a race between two
 /// CPUs can let two packets share a slot, as in Cilium's EDT rate limiter.
@@ -93,7 +95,8 @@ pub static CHAOS_DIST_TABLES: Array<i16> =
 pub static CHAOS_RATE: Array<RateState> = Array::with_max_entries(MAX_RULES, 0);
 
 /// Last departure time given to each flow, so a later packet never leaves before an earlier
-/// delayed one (fq sends by departure time, not by arrival).
+/// delayed one (fq sends by departure time, not by arrival). An LRU map is preallocated whole:
+/// the loader sizes it to what the rule set can hold (one entry when nothing is held).
 #[map]
 pub static CHAOS_FLOW_DEPARTURE: LruHashMap<FlowKey, u64> =
     LruHashMap::with_max_entries(MAX_FLOWS, 0);

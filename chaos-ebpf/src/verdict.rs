@@ -10,18 +10,18 @@ use chaos_common::{
     GenSettings, RuleAction, RuleCounters, RuntimeConfig,
     rules::{
         ACTION_F_DELAY, ACTION_F_RATE, AddrLookup, CONFIG_F_REVERSE_TCP_DELAY, DIR_EGRESS,
-        DIR_INGRESS, FAMILY_V4, FlowKey, Ipv4PrefixKey, Ipv6PrefixKey, LPM_GEN_BITS,
-        MAX_GUARD_PORTS, MAX_HASHED_LENS, MAX_RULES, PORTS, PROTO_TCP, RuleMask, TABLE_DST4,
-        TABLE_DST6, TABLE_SRC4, TABLE_SRC6,
+        DIR_INGRESS, FAMILY_V4, FlowKey, Ipv4PrefixKey, Ipv4TrieKey, Ipv6PrefixKey, Ipv6TrieKey,
+        MAX_GUARD_PORTS, MAX_HASHED_LENS, MAX_RULES, PORT_CLASSES, PORT_DST, PORT_SRC, PROTO_TCP,
+        PortClasses, RuleMask, TABLE_DST4, TABLE_DST6, TABLE_SRC4, TABLE_SRC6, trie_prefix_len,
     },
 };
 
 use crate::{
     edt::{Departure, roll, schedule},
     maps::{
-        CHAOS_ACTIONS, CHAOS_CONFIG, CHAOS_COUNTERS, CHAOS_DPORT_RULES, CHAOS_DST4_HASHED,
+        CHAOS_ACTIONS, CHAOS_CONFIG, CHAOS_COUNTERS, CHAOS_DPORT_CLASSES, CHAOS_DST4_HASHED,
         CHAOS_DST4_RULES, CHAOS_DST6_HASHED, CHAOS_DST6_RULES, CHAOS_REVERSE_DELAY, CHAOS_SETTINGS,
-        CHAOS_SPORT_RULES, CHAOS_SRC4_HASHED, CHAOS_SRC4_RULES, CHAOS_SRC6_HASHED,
+        CHAOS_SPORT_CLASSES, CHAOS_SRC4_HASHED, CHAOS_SRC4_RULES, CHAOS_SRC6_HASHED,
         CHAOS_SRC6_RULES,
     },
     parse::{Flow, parse},
@@ -80,10 +80,20 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
     match flow.ports {
         Some((sport, dport)) => {
             rules = narrow(rules, settings.dport_any, || {
-                port_rules(&CHAOS_DPORT_RULES, generation, dport)
+                port_rules(
+                    &CHAOS_DPORT_CLASSES,
+                    &settings.port_masks[PORT_DST],
+                    generation,
+                    dport,
+                )
             });
             rules = narrow(rules, settings.sport_any, || {
-                port_rules(&CHAOS_SPORT_RULES, generation, sport)
+                port_rules(
+                    &CHAOS_SPORT_CLASSES,
+                    &settings.port_masks[PORT_SRC],
+                    generation,
+                    sport,
+                )
             });
             if flow.proto == PROTO_TCP {
                 rules &= !guarded_rules(settings, sport, dport);
@@ -102,8 +112,8 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
             addr_rules::<_, _, 32>(
                 (&CHAOS_SRC4_HASHED, &CHAOS_SRC4_RULES),
                 &settings.addr[TABLE_SRC4],
-                |len| v4_prefix_key(key_gen, len, addr),
-                || v4_data(key_gen, &flow.src),
+                |len| Ipv4PrefixKey::new(key_gen, len, addr),
+                || Ipv4TrieKey::new(key_gen, v4_octets(&flow.src)),
                 src_any,
             )
         });
@@ -112,8 +122,8 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
             addr_rules::<_, _, 32>(
                 (&CHAOS_DST4_HASHED, &CHAOS_DST4_RULES),
                 &settings.addr[TABLE_DST4],
-                |len| v4_prefix_key(key_gen, len, addr),
-                || v4_data(key_gen, &flow.dst),
+                |len| Ipv4PrefixKey::new(key_gen, len, addr),
+                || Ipv4TrieKey::new(key_gen, v4_octets(&flow.dst)),
                 dst_any,
             )
         });
@@ -123,8 +133,8 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
             addr_rules::<_, _, 128>(
                 (&CHAOS_SRC6_HASHED, &CHAOS_SRC6_RULES),
                 &settings.addr[TABLE_SRC6],
-                |len| v6_prefix_key(key_gen, len, addr),
-                || v6_data(key_gen, &flow.src),
+                |len| Ipv6PrefixKey::new(key_gen, len, addr),
+                || Ipv6TrieKey::new(key_gen, flow.src),
                 src_any,
             )
         });
@@ -133,8 +143,8 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
             addr_rules::<_, _, 128>(
                 (&CHAOS_DST6_HASHED, &CHAOS_DST6_RULES),
                 &settings.addr[TABLE_DST6],
-                |len| v6_prefix_key(key_gen, len, addr),
-                || v6_data(key_gen, &flow.dst),
+                |len| Ipv6PrefixKey::new(key_gen, len, addr),
+                || Ipv6TrieKey::new(key_gen, flow.dst),
                 dst_any,
             )
         });
@@ -210,19 +220,25 @@ fn guarded_rules(settings: &GenSettings, sport: u16, dport: u16) -> RuleMask {
     masked
 }
 
-/// Rules constrained on this port number that accept it.
+/// Rules constrained on this port number that accept it: its class, then the class's mask.
 #[inline(always)]
-fn port_rules(map: &Array<RuleMask>, generation: u32, port: u16) -> RuleMask {
-    map.get(generation * PORTS + u32::from(port))
-        .copied()
-        .unwrap_or(0)
+fn port_rules(
+    classes: &Array<PortClasses>,
+    masks: &[RuleMask; PORT_CLASSES],
+    generation: u32,
+    port: u16,
+) -> RuleMask {
+    match classes.get(PortClasses::index(generation, port)) {
+        Some(block) => masks[usize::from(block.class[PortClasses::slot(port)])],
+        None => 0,
+    }
 }
 
 /// The rules an address takes part in: the hashed prefix lengths of `plan` longest first
 /// (`hashed_key` builds the key for a length), then the trie (`trie_key`, `BITS` long) if it
 /// holds anything; finding it nowhere leaves the rules that take any address.
 #[inline(always)]
-fn addr_rules<H, T, const BITS: u32>(
+fn addr_rules<H, T, const BITS: u8>(
     (hashed, trie): (&HashMap<H, RuleMask>, &LpmTrie<T, RuleMask>),
     plan: &AddrLookup,
     hashed_key: impl Fn(u8) -> H,
@@ -240,7 +256,7 @@ fn addr_rules<H, T, const BITS: u32>(
         }
     }
     if plan.in_trie != 0
-        && let Some(mask) = trie.get(Key::new(LPM_GEN_BITS + BITS, trie_key()))
+        && let Some(mask) = trie.get(Key::new(trie_prefix_len(BITS), trie_key()))
     {
         return *mask;
     }
@@ -248,17 +264,13 @@ fn addr_rules<H, T, const BITS: u32>(
 }
 
 #[inline(always)]
-fn v4_addr(addr: &[u8; 16]) -> u32 {
-    u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]])
+fn v4_octets(addr: &[u8; 16]) -> [u8; 4] {
+    [addr[0], addr[1], addr[2], addr[3]]
 }
 
-/// The hashed-table key of the `len`-bit prefix holding `addr` (see `Ipv4PrefixKey`).
 #[inline(always)]
-fn v4_prefix_key(generation: u8, len: u8, addr: u32) -> Ipv4PrefixKey {
-    let len = len.min(32);
-    let cut = addr & u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-    let a = cut.to_be_bytes();
-    [generation, len, 0, 0, a[0], a[1], a[2], a[3]]
+fn v4_addr(addr: &[u8; 16]) -> u32 {
+    u32::from_be_bytes(v4_octets(addr))
 }
 
 /// The address as its (high, low) 64-bit halves.
@@ -269,39 +281,6 @@ fn v6_addr(addr: &[u8; 16]) -> (u64, u64) {
     hi.copy_from_slice(&addr[..8]);
     lo.copy_from_slice(&addr[8..]);
     (u64::from_be_bytes(hi), u64::from_be_bytes(lo))
-}
-
-/// The hashed-table key of the `len`-bit prefix holding `addr` (see `Ipv6PrefixKey`).
-#[inline(always)]
-fn v6_prefix_key(generation: u8, len: u8, (hi, lo): (u64, u64)) -> Ipv6PrefixKey {
-    let len = len.min(128);
-    let (hi_mask, lo_mask) = if len >= 64 {
-        (
-            u64::MAX,
-            u64::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0),
-        )
-    } else {
-        (u64::MAX.checked_shl(64 - u32::from(len)).unwrap_or(0), 0)
-    };
-    let mut key = [0u8; 20];
-    key[0] = generation;
-    key[1] = len;
-    key[4..12].copy_from_slice(&(hi & hi_mask).to_be_bytes());
-    key[12..].copy_from_slice(&(lo & lo_mask).to_be_bytes());
-    key
-}
-
-#[inline(always)]
-fn v4_data(generation: u8, addr: &[u8; 16]) -> [u8; 5] {
-    [generation, addr[0], addr[1], addr[2], addr[3]]
-}
-
-#[inline(always)]
-fn v6_data(generation: u8, addr: &[u8; 16]) -> [u8; 17] {
-    let mut data = [0u8; 17];
-    data[0] = generation;
-    data[1..].copy_from_slice(addr);
-    data
 }
 
 /// Index of the lowest set bit of a non-zero mask, by binary search: BPF has no count-trailing-
@@ -350,7 +329,7 @@ fn apply(
                 Ok(()) | Err(_) => faults = ACTION_F_RATE,
             }
         }
-        let d = schedule(ctx, flow, action, bytes, faults);
+        let d = schedule(ctx, flow, action, faults);
         drop = d.overlimit;
         departure = Some(d);
     }
@@ -398,7 +377,7 @@ fn delay_returning(
     action: &RuleAction,
     config: &RuntimeConfig,
 ) -> i32 {
-    let d = schedule(ctx, flow, action, u64::from(ctx.len()), ACTION_F_DELAY);
+    let d = schedule(ctx, flow, action, ACTION_F_DELAY);
     if let Some(counters) = CHAOS_COUNTERS.get_ptr_mut(action.counter_slot) {
         // SAFETY: a per-CPU slot: no other program run touches it concurrently.
         let c: &mut RuleCounters = unsafe { &mut *counters };

@@ -1,22 +1,24 @@
 //! Turns parsed rules into the map entries of one generation (see `chaos_common::rules`).
 //!
-//! Pure data in, pure data out: everything here is unit-testable without a kernel.
+//! Pure data in, pure data out: everything here is unit-testable without a kernel. Nothing
+//! outside this crate calls it: `crate::ruleset::RuleSetBuilder` is the one way from rules to a
+//! rule set the kernel takes, and it adds slots, expiry, dry runs and the guard rails.
 
-use std::{collections::HashMap, time::Duration};
+use std::collections::{BTreeMap, HashMap};
 
 use chaos_common::{
     GenSettings, RuleAction,
     rules::{
         ACTION_F_DELAY, ACTION_F_RATE, ACTION_F_REORDER, AddrLookup, DIR_EGRESS, DIR_INGRESS,
         DIST_NORMAL, DIST_PARETO, DIST_PARETONORMAL, DIST_UNIFORM, FAMILY_V4, FAMILY_V6,
-        GENERATIONS, MAX_HASHED_LENS, MAX_PREFIXES, MAX_RULES, PROB_ONE, PROTO_OTHER, PROTO_TCP,
-        PROTO_UDP, RuleMask, TABLE_DST4, TABLE_DST6, TABLE_SRC4, TABLE_SRC6,
+        GENERATIONS, MAX_HASHED_LENS, MAX_PREFIXES, MAX_RULES, PORT_CLASSES, PORT_DST, PORT_SRC,
+        PROB_ONE, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PortClasses, RuleMask, TABLES, table,
     },
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use thiserror::Error;
 
-use crate::rule::{Direction, Distribution, MAX_HORIZON, PortRange, Protocol, Rule};
+use crate::rule::{Direction, Distribution, PortRange, Protocol, Rule};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CompileError {
@@ -24,44 +26,40 @@ pub enum CompileError {
     TooManyRules(usize),
     #[error("{0} prefixes in one address field of a rule set; at most {MAX_PREFIXES_PER_SET} fit")]
     TooManyPrefixes(usize),
+    #[error("counter slot {0} given twice or out of range (0-{max})", max = MAX_RULES - 1)]
+    Slot(u32),
 }
 
-/// A rule set as map entries. Port and prefix lists hold only entries with a rule bit set.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CompiledRules {
+/// A rule set as map entries, before the guard rails, expiry and dry runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Compiled {
     pub settings: GenSettings,
-    pub dport: Vec<(u16, RuleMask)>,
-    pub sport: Vec<(u16, RuleMask)>,
-    pub src4: Vec<(Ipv4Net, RuleMask)>,
-    pub dst4: Vec<(Ipv4Net, RuleMask)>,
-    pub src6: Vec<(Ipv6Net, RuleMask)>,
-    pub dst6: Vec<(Ipv6Net, RuleMask)>,
+    /// The port-class blocks with a class set, by `PORT_DST`/`PORT_SRC`, in block order.
+    pub ports: [Vec<(u32, PortClasses)>; 2],
+    /// Prefix entries by address table (`TABLE_*`), each carrying every rule it takes part in.
+    pub prefixes: [Vec<(IpNet, RuleMask)>; TABLES],
     pub actions: Vec<RuleAction>,
 }
 
-impl CompiledRules {
-    /// Turns every fault off: the rules only count what they match (`--dry-run`).
-    pub fn count_only(&mut self) {
-        for a in &mut self.actions {
-            a.drop_prob = 0;
-            a.flags = 0;
-        }
-    }
-}
-
-/// Compiles `rules` in priority order: rule `i` gets bit `i` and counter slot `i`.
-pub fn compile(rules: &[Rule]) -> Result<CompiledRules, CompileError> {
-    let slots: Vec<u32> = (0..rules.len() as u32).collect();
-    compile_with_slots(rules, &slots)
-}
-
 /// Compiles `rules` in priority order: rule `i` gets bit `i` and counter slot `slots[i]`, so a
-/// rule keeps its counters while the rules around it come and go.
-pub fn compile_with_slots(rules: &[Rule], slots: &[u32]) -> Result<CompiledRules, CompileError> {
+/// rule keeps its counters while the rules around it come and go. An address table hashes at
+/// most `hashed[table]` prefixes (what its map was sized for); the rest go to the trie.
+pub(crate) fn compile(
+    rules: &[Rule],
+    slots: &[u32],
+    hashed: &[usize; TABLES],
+) -> Result<Compiled, CompileError> {
     if rules.len() > MAX_RULES as usize {
         return Err(CompileError::TooManyRules(rules.len()));
     }
     assert_eq!(rules.len(), slots.len(), "one counter slot per rule");
+    let mut seen = 0u64;
+    for slot in slots {
+        if *slot >= MAX_RULES || seen & (1 << slot) != 0 {
+            return Err(CompileError::Slot(*slot));
+        }
+        seen |= 1 << slot;
+    }
     let mut settings = GenSettings::default();
     for (i, rule) in rules.iter().enumerate() {
         let bit: RuleMask = 1 << i;
@@ -105,70 +103,40 @@ pub fn compile_with_slots(rules: &[Rule], slots: &[u32]) -> Result<CompiledRules
     }
     let actions = rules
         .iter()
-        .enumerate()
-        .map(|(i, rule)| action(rule, slots[i]))
+        .zip(slots)
+        .map(|(rule, slot)| action(rule, *slot))
         .collect();
-    let src4 = prefixes(rules, |r| &r.src, v4, settings.src_any[FAMILY_V4])?;
-    let dst4 = prefixes(rules, |r| &r.dst, v4, settings.dst_any[FAMILY_V4])?;
-    let src6 = prefixes(rules, |r| &r.src, v6, settings.src_any[FAMILY_V6])?;
-    let dst6 = prefixes(rules, |r| &r.dst, v6, settings.dst_any[FAMILY_V6])?;
-    settings.addr[TABLE_SRC4] = addr_lookup(&src4);
-    settings.addr[TABLE_DST4] = addr_lookup(&dst4);
-    settings.addr[TABLE_SRC6] = addr_lookup(&src6);
-    settings.addr[TABLE_DST6] = addr_lookup(&dst6);
-    Ok(CompiledRules {
-        dport: port_entries(rules, |r| r.dport),
-        sport: port_entries(rules, |r| r.sport),
-        src4,
-        dst4,
-        src6,
-        dst6,
+    let mut prefixes: [Vec<(IpNet, RuleMask)>; TABLES] = Default::default();
+    for destination in [false, true] {
+        let any = |family: usize| {
+            if destination {
+                settings.dst_any[family]
+            } else {
+                settings.src_any[family]
+            }
+        };
+        let (t4, t6) = (table(destination, FAMILY_V4), table(destination, FAMILY_V6));
+        prefixes[t4] = widen(family_prefixes(rules, destination, v4, any(FAMILY_V4))?);
+        prefixes[t6] = widen(family_prefixes(rules, destination, v6, any(FAMILY_V6))?);
+    }
+    for (t, entries) in prefixes.iter().enumerate() {
+        settings.addr[t] = addr_lookup(entries, hashed[t]);
+    }
+    let ports = [PORT_DST, PORT_SRC].map(|field| {
+        let ranges = port_ranges(rules, |r| if field == PORT_DST { r.dport } else { r.sport });
+        port_classes(&ranges, &mut settings.port_masks[field])
+    });
+    Ok(Compiled {
         settings,
+        ports,
+        prefixes,
         actions,
     })
 }
 
-/// What a rule set needs around the program for the packets it holds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Holds {
-    /// fq's horizon: the longest hold any rule can cause, with a margin. `None`: nothing is held.
-    pub horizon: Option<Duration>,
-    /// Egress rules hold packets: fq at the interface's root.
-    pub egress_fq: bool,
-    /// Ingress rules hold packets, or local TCP's delay moves to the returning packets: an ifb.
-    pub ifb: bool,
-    /// Egress delay rules that TCP can match: delay local TCP on its returning packets (this
-    /// needs the ingress program attached).
-    pub reverse_tcp_delay: bool,
+fn widen<N: Into<IpNet>>(entries: Vec<(N, RuleMask)>) -> Vec<(IpNet, RuleMask)> {
+    entries.into_iter().map(|(n, m)| (n.into(), m)).collect()
 }
-
-/// Slack on top of the longest hold a rule can cause, so fq never caps a departure time.
-const HORIZON_MARGIN: Duration = Duration::from_secs(1);
-
-pub fn holds(rules: &[Rule]) -> Holds {
-    let egress = |r: &&Rule| r.direction == Direction::Egress;
-    let reverse_tcp_delay = rules
-        .iter()
-        .filter(egress)
-        .any(|r| r.delay.is_some() && r.protocol != Protocol::Udp);
-    let ingress_fq = rules
-        .iter()
-        .any(|r| r.needs_fq() && r.direction == Direction::Ingress);
-    Holds {
-        horizon: rules
-            .iter()
-            .filter(|r| r.needs_fq())
-            .map(|r| r.max_delay() + r.rate.map_or(Duration::ZERO, |_| RATE_QUEUE) + HORIZON_MARGIN)
-            .max()
-            .map(|h| h.min(MAX_HORIZON)),
-        egress_fq: rules.iter().filter(egress).any(Rule::needs_fq),
-        ifb: ingress_fq || reverse_tcp_delay,
-        reverse_tcp_delay,
-    }
-}
-
-/// How long a packet may wait for its rule's `rate=` before it is dropped, as by a full queue.
-pub const RATE_QUEUE: Duration = Duration::from_millis(500);
 
 fn action(rule: &Rule, counter_slot: u32) -> RuleAction {
     let mut a = RuleAction {
@@ -199,18 +167,22 @@ fn action(rule: &Rule, counter_slot: u32) -> RuleAction {
     a
 }
 
+/// How long a packet may wait for its rule's `rate=` before it is dropped, as by a full queue.
+pub const RATE_QUEUE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Probability in the kernel's fixed point, rounded to nearest.
 pub fn scale_probability(p: f64) -> u32 {
     (p * f64::from(PROB_ONE)).round() as u32
 }
 
-/// Port-array entries of one field: every port some rule's range covers, with the rules that
-/// cover it, in port order. Swept over the ranges' boundaries, so the work follows the ports
-/// the rules name rather than all 65,536 (the daemon compiles on every change).
-fn port_entries(
+/// The port ranges of one field where the set of rules accepting a port is the same, with
+/// that set, in port order, leaving out ranges no constrained rule accepts. Swept over the
+/// ranges' boundaries, so the work follows the ports the rules name rather than all 65,536
+/// (the daemon compiles on every change).
+fn port_ranges(
     rules: &[Rule],
     field: impl Fn(&Rule) -> Option<PortRange>,
-) -> Vec<(u16, RuleMask)> {
+) -> Vec<(u32, u32, RuleMask)> {
     let ranges: Vec<(u32, u32, RuleMask)> = rules
         .iter()
         .enumerate()
@@ -219,18 +191,42 @@ fn port_entries(
     let mut bounds: Vec<u32> = ranges.iter().flat_map(|(s, e, _)| [*s, e + 1]).collect();
     bounds.sort_unstable();
     bounds.dedup();
-    let mut entries = Vec::new();
-    for pair in bounds.windows(2) {
-        let (from, to) = (pair[0], pair[1]);
-        let mask = ranges
-            .iter()
-            .filter(|(s, e, _)| *s <= from && from <= *e)
-            .fold(0, |m, (_, _, bit)| m | bit);
-        if mask != 0 {
-            entries.extend((from..to).map(|port| (port as u16, mask)));
+    bounds
+        .windows(2)
+        .filter_map(|pair| {
+            let (from, to) = (pair[0], pair[1]);
+            let mask = ranges
+                .iter()
+                .filter(|(s, e, _)| *s <= from && from <= *e)
+                .fold(0, |m, (_, _, bit)| m | bit);
+            (mask != 0).then_some((from, to, mask))
+        })
+        .collect()
+}
+
+/// Gives each distinct mask of `ranges` a class (from 1; 0 is "none"), writes the masks into
+/// `masks` and returns the blocks of classes. 64 rules cut the ports into at most 129 ranges,
+/// so the classes always fit in a byte.
+fn port_classes(
+    ranges: &[(u32, u32, RuleMask)],
+    masks: &mut [RuleMask; PORT_CLASSES],
+) -> Vec<(u32, PortClasses)> {
+    let mut class_of: HashMap<RuleMask, u8> = HashMap::new();
+    let mut blocks: BTreeMap<u32, PortClasses> = BTreeMap::new();
+    for (from, to, mask) in ranges {
+        let next = class_of.len() + 1;
+        let class = *class_of.entry(*mask).or_insert_with(|| {
+            let class = u8::try_from(next).expect("at most 129 port ranges");
+            masks[usize::from(class)] = *mask;
+            class
+        });
+        for port in *from..*to {
+            let port = port as u16;
+            let block = blocks.entry(PortClasses::index(0, port)).or_default();
+            block.class[PortClasses::slot(port)] = class;
         }
     }
-    entries
+    blocks.into_iter().collect()
 }
 
 fn v4(net: IpNet) -> Option<Ipv4Net> {
@@ -252,15 +248,16 @@ fn v6(net: IpNet) -> Option<Ipv6Net> {
 /// without a prefix (which a miss also yields, from `GenSettings`). Containing prefixes are
 /// found by walking each key's shorter prefixes, so the work grows with the entries, not with
 /// their square.
-fn prefixes<N: Copy + Ord + std::hash::Hash + Prefix>(
+fn family_prefixes<N: Copy + Ord + std::hash::Hash + Prefix>(
     rules: &[Rule],
-    field: impl Fn(&Rule) -> &Vec<IpNet>,
+    destination: bool,
     family: impl Fn(IpNet) -> Option<N>,
     any: RuleMask,
 ) -> Result<Vec<(N, RuleMask)>, CompileError> {
     let mut masks: HashMap<N, RuleMask> = HashMap::new();
     for (i, rule) in rules.iter().enumerate() {
-        for net in field(rule).iter().filter_map(|n| family(*n)) {
+        let field = if destination { &rule.dst } else { &rule.src };
+        for net in field.iter().filter_map(|n| family(*n)) {
             *masks.entry(net).or_default() |= 1 << i;
         }
     }
@@ -280,19 +277,26 @@ fn prefixes<N: Copy + Ord + std::hash::Hash + Prefix>(
         .collect())
 }
 
-/// Where a table's `entries` go: the `MAX_HASHED_LENS` longest prefix lengths to the hash
-/// map, any shorter ones to the trie (see `AddrLookup`).
-fn addr_lookup<N: Prefix>(entries: &[(N, RuleMask)]) -> AddrLookup {
-    let mut lens: Vec<u8> = entries.iter().map(|(net, _)| net.length()).collect();
-    lens.sort_unstable_by(|a, b| b.cmp(a));
-    lens.dedup();
-    let hashed = lens.len().min(MAX_HASHED_LENS);
-    let mut plan = AddrLookup {
-        hashed_count: hashed as u8,
-        in_trie: u8::from(lens.len() > hashed),
-        ..AddrLookup::default()
-    };
-    plan.hashed_lens[..hashed].copy_from_slice(&lens[..hashed]);
+/// Where a table's `entries` go: the longest prefix lengths to the hash map, at most
+/// `MAX_HASHED_LENS` of them and at most `capacity` entries, any shorter ones to the trie (see
+/// `AddrLookup`).
+fn addr_lookup(entries: &[(IpNet, RuleMask)], capacity: usize) -> AddrLookup {
+    let mut per_len: BTreeMap<u8, usize> = BTreeMap::new();
+    for (net, _) in entries {
+        *per_len.entry(net.prefix_len()).or_default() += 1;
+    }
+    let mut plan = AddrLookup::default();
+    let mut hashed_entries = 0;
+    for (len, count) in per_len.iter().rev() {
+        let n = usize::from(plan.hashed_count);
+        if n == MAX_HASHED_LENS || hashed_entries + count > capacity {
+            break;
+        }
+        plan.hashed_lens[n] = *len;
+        plan.hashed_count += 1;
+        hashed_entries += count;
+    }
+    plan.in_trie = u8::from(usize::from(plan.hashed_count) < per_len.len());
     plan
 }
 
@@ -337,10 +341,26 @@ impl Prefix for Ipv6Net {
 
 #[cfg(test)]
 mod tests {
+    use chaos_common::rules::{TABLE_DST4, TABLE_DST6, TABLE_SRC4, TABLE_SRC6};
+
     use super::*;
+    use crate::{
+        guard::Guard,
+        ruleset::{RuleSet, RuleSetBuilder},
+    };
 
     fn rules(texts: &[&str]) -> Vec<Rule> {
         texts.iter().map(|t| t.parse().unwrap()).collect()
+    }
+
+    fn compile(rules: &[Rule]) -> Result<RuleSet, CompileError> {
+        RuleSetBuilder::new(&Guard::default())
+            .rules(rules.iter().cloned())
+            .build()
+    }
+
+    fn nets(entries: &[(IpNet, RuleMask)]) -> Vec<(IpNet, RuleMask)> {
+        entries.to_vec()
     }
 
     #[test]
@@ -351,9 +371,9 @@ mod tests {
             "drop=1",
         ]);
         let c = compile(&r).unwrap();
-        let net = |t: &str| t.parse::<Ipv4Net>().unwrap();
+        let net = |t: &str| t.parse::<IpNet>().unwrap();
         assert_eq!(
-            c.dst4,
+            nets(c.prefixes(TABLE_DST4)),
             vec![
                 (net("198.18.0.0/16"), 0b110),
                 (net("198.18.0.2/32"), 0b111),
@@ -361,18 +381,18 @@ mod tests {
             ]
         );
         assert_eq!(
-            c.dst6,
+            nets(c.prefixes(TABLE_DST6)),
             vec![("2001:db8::2/128".parse().unwrap(), 0b101)],
             "rule 1 has no IPv6 prefix: it never matches IPv6"
         );
-        assert_eq!(c.settings.dst_any, [0b100, 0b100]);
-        let plan = c.settings.addr[TABLE_DST4];
+        assert_eq!(c.settings().dst_any, [0b100, 0b100]);
+        let plan = c.settings().addr[TABLE_DST4];
         assert_eq!(
             plan.hashed_lens[..usize::from(plan.hashed_count)],
             [32, 24, 16]
         );
         assert_eq!(plan.in_trie, 0);
-        assert_eq!(c.settings.addr[TABLE_SRC4], AddrLookup::default());
+        assert_eq!(c.settings().addr[TABLE_SRC4], AddrLookup::default());
     }
 
     #[test]
@@ -386,7 +406,7 @@ mod tests {
             })
             .collect();
         let c = compile(&rules(&[&format!("dst={} drop=1", list.join(","))])).unwrap();
-        let plan = c.settings.addr[TABLE_DST4];
+        let plan = c.settings().addr[TABLE_DST4];
         assert_eq!(plan.hashed_lens, [32, 31, 30, 29, 28, 27]);
         assert_eq!(usize::from(plan.hashed_count), MAX_HASHED_LENS);
         assert_eq!(plan.in_trie, 1);
@@ -432,10 +452,13 @@ mod tests {
             .filter(|(_, m)| **m != 0)
             .map(|(p, m)| (p as u16, *m))
             .collect();
-        assert_eq!(c.dport, want);
-        assert_eq!(c.sport, vec![(1, 0b1000), (2, 0b1000), (3, 0b1000)]);
-        assert_eq!(c.settings.dport_any, 0);
-        assert_eq!(c.settings.sport_any, 0b0111);
+        assert_eq!(c.port_masks(PORT_DST), want);
+        assert_eq!(
+            c.port_masks(PORT_SRC),
+            vec![(1, 0b1000), (2, 0b1000), (3, 0b1000)]
+        );
+        assert_eq!(c.settings().dport_any, 0);
+        assert_eq!(c.settings().sport_any, 0b0111);
     }
 
     #[test]
@@ -446,7 +469,7 @@ mod tests {
             "proto=any sport=53",
         ]))
         .unwrap();
-        let s = c.settings;
+        let s = c.settings();
         assert_eq!(s.dir_rules, [0b010, 0b101]);
         assert_eq!(s.proto_rules[PROTO_TCP], 0b110);
         assert_eq!(s.proto_rules[PROTO_UDP], 0b111);
@@ -455,19 +478,20 @@ mod tests {
         assert_eq!(s.portless_rules, 0b010);
         assert_eq!(s.dport_any, 0b110);
         assert_eq!(s.sport_any, 0b011);
-        assert_eq!(c.dport, vec![(9000, 0b001)]);
-        assert_eq!(c.sport, vec![(53, 0b100)]);
+        assert_eq!(c.port_masks(PORT_DST), vec![(9000, 0b001)]);
+        assert_eq!(c.port_masks(PORT_SRC), vec![(53, 0b100)]);
     }
 
     #[test]
     fn ranges_expand_to_every_port() {
         let c = compile(&rules(&["dport=10-12", "dport=12-13"])).unwrap();
         assert_eq!(
-            c.dport,
+            c.port_masks(PORT_DST),
             vec![(10, 0b01), (11, 0b01), (12, 0b11), (13, 0b10)]
         );
         let full = compile(&rules(&["dport=1-65535"])).unwrap();
-        assert_eq!(full.dport.len(), 65535);
+        assert_eq!(full.port_masks(PORT_DST).len(), 65535);
+        assert_eq!(full.port_blocks(PORT_DST).len(), 1024);
     }
 
     #[test]
@@ -480,25 +504,28 @@ mod tests {
         ]))
         .unwrap();
         // Rule 3 has no prefix: it is in every entry and in both "any" masks.
-        assert_eq!(c.settings.dst_any, [0b1000, 0b1000]);
+        assert_eq!(c.settings().dst_any, [0b1000, 0b1000]);
         assert_eq!(
-            c.dst4,
+            nets(c.prefixes(TABLE_DST4)),
             vec![
                 ("198.18.0.0/15".parse().unwrap(), 0b1001),
                 ("198.18.0.2/32".parse().unwrap(), 0b1011),
             ]
         );
-        assert_eq!(c.dst6, vec![("2001:db8::/32".parse().unwrap(), 0b1100)]);
-        assert!(c.src4.is_empty() && c.src6.is_empty());
-        assert_eq!(c.settings.src_any, [0b1111, 0b1111]);
+        assert_eq!(
+            nets(c.prefixes(TABLE_DST6)),
+            vec![("2001:db8::/32".parse().unwrap(), 0b1100)]
+        );
+        assert!(c.prefixes(TABLE_SRC4).is_empty() && c.prefixes(TABLE_SRC6).is_empty());
+        assert_eq!(c.settings().src_any, [0b1111, 0b1111]);
     }
 
     #[test]
     fn probabilities_scale_to_fixed_point() {
         let c = compile(&rules(&["drop=0", "drop=30%", "drop=1"])).unwrap();
-        let probs: Vec<u32> = c.actions.iter().map(|a| a.drop_prob).collect();
+        let probs: Vec<u32> = c.actions().iter().map(|a| a.drop_prob).collect();
         assert_eq!(probs, vec![0, 644_245_094, PROB_ONE]);
-        let slots: Vec<u32> = c.actions.iter().map(|a| a.counter_slot).collect();
+        let slots: Vec<u32> = c.actions().iter().map(|a| a.counter_slot).collect();
         assert_eq!(slots, vec![0, 1, 2]);
     }
 
@@ -510,7 +537,7 @@ mod tests {
             "delay=1ms reorder=yes",
         ]))
         .unwrap();
-        let [a, b, r] = [c.actions[0], c.actions[1], c.actions[2]];
+        let [a, b, r] = [c.actions()[0], c.actions()[1], c.actions()[2]];
         assert_eq!(a.flags, ACTION_F_DELAY);
         assert_eq!(
             (a.delay_ns, a.jitter_ns, a.dist),
@@ -526,17 +553,36 @@ mod tests {
     }
 
     #[test]
-    fn holds_follow_the_rules() {
-        let h = holds(&rules(&["drop=1"]));
-        assert_eq!(h, Holds::default());
-        let h = holds(&rules(&["proto=udp delay=100ms jitter=10ms"]));
-        assert!(h.egress_fq && !h.ifb && !h.reverse_tcp_delay);
-        assert_eq!(h.horizon, Some(Duration::from_millis(100 + 8 * 10 + 1000)));
-        let h = holds(&rules(&["proto=tcp delay=5ms"]));
-        assert!(h.egress_fq && h.ifb && h.reverse_tcp_delay);
-        let h = holds(&rules(&["dir=ingress rate=1mbit"]));
-        assert!(!h.egress_fq && h.ifb && !h.reverse_tcp_delay);
-        assert_eq!(h.horizon, Some(RATE_QUEUE + HORIZON_MARGIN));
+    fn the_hash_map_takes_the_longest_lengths_that_fit_its_capacity() {
+        let list: Vec<String> = (0..10u32)
+            .map(|i| format!("198.18.0.{i}"))
+            .chain((0..4u32).map(|i| format!("198.18.{}.0/24", i + 1)))
+            .chain(["198.19.0.0/16".to_owned()])
+            .collect();
+        let r = rules(&[&format!("dst={} drop=1", list.join(","))]);
+        let plan = |capacity: usize| {
+            let mut hashed = [MAX_PREFIXES_PER_SET; TABLES];
+            hashed[TABLE_DST4] = capacity;
+            let c = RuleSetBuilder::new(&Guard::default())
+                .hashed_capacity(hashed)
+                .rules(r.clone())
+                .build()
+                .unwrap();
+            let p = c.settings().addr[TABLE_DST4];
+            (
+                p.hashed_lens[..usize::from(p.hashed_count)].to_vec(),
+                p.in_trie,
+                c.hashed_counts()[TABLE_DST4],
+            )
+        };
+        assert_eq!(plan(100), (vec![32, 24, 16], 0, 15));
+        assert_eq!(plan(14), (vec![32, 24], 1, 14));
+        assert_eq!(plan(10), (vec![32], 1, 10));
+        assert_eq!(
+            plan(9),
+            (vec![], 1, 0),
+            "the longest length alone does not fit"
+        );
     }
 
     #[test]

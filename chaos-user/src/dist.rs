@@ -3,7 +3,7 @@
 //! random entry and scales it by the rule's jitter. Each table is standardised after clipping,
 //! so `jitter` is the standard deviation of the delay actually applied, heavy tails included.
 
-use chaos_common::rules::{DIST_MAX_SIGMA, DIST_SCALE_SHIFT, DIST_TABLE_SIZE};
+use chaos_common::rules::{DIST_MAX_SIGMA, DIST_SCALE_SHIFT, DIST_TABLE_SIZE, DistTable};
 
 /// Pareto shape parameter, as iproute2's pareto table.
 const PARETO_ALPHA: f64 = 3.0;
@@ -11,7 +11,7 @@ const PARETO_ALPHA: f64 = 3.0;
 const PARETONORMAL_NORMAL_SHARE: f64 = 0.25;
 
 /// The tables in kernel order: normal, Pareto, Pareto-normal.
-pub fn tables() -> [Vec<i16>; 3] {
+pub fn tables() -> [DistTable; 3] {
     [
         table(inverse_normal),
         table(standard_pareto),
@@ -24,7 +24,7 @@ pub fn tables() -> [Vec<i16>; 3] {
     ]
 }
 
-fn table(quantile: impl Fn(f64) -> f64) -> Vec<i16> {
+fn table(quantile: impl Fn(f64) -> f64) -> DistTable {
     let n = f64::from(DIST_TABLE_SIZE);
     let mut values: Vec<f64> = (0..DIST_TABLE_SIZE)
         .map(|i| quantile((f64::from(i) + 0.5) / n))
@@ -40,7 +40,9 @@ fn table(quantile: impl Fn(f64) -> f64) -> Vec<i16> {
         }
     }
     let scale = f64::from(1u32 << DIST_SCALE_SHIFT);
-    values.iter().map(|v| (v * scale).round() as i16).collect()
+    DistTable {
+        entries: std::array::from_fn(|i| (values[i] * scale).round() as i16),
+    }
 }
 
 /// Pareto with shape α and scale 1, shifted and scaled to mean 0, σ 1.
@@ -127,13 +129,16 @@ mod tests {
     #[test]
     fn tables_are_standardised() {
         let [normal, pareto, paretonormal] = tables();
-        let (m, s) = moments(&normal);
+        let (m, s) = moments(&normal.entries);
         assert!(
             m.abs() < 0.01 && (s - 1.0).abs() < 0.01,
             "normal: mean {m} sd {s}"
         );
         // Pareto's heavy tail is clipped at 4σ, so its spread comes out a little under 1.
-        for (name, t) in [("pareto", &pareto), ("paretonormal", &paretonormal)] {
+        for (name, t) in [
+            ("pareto", &pareto.entries),
+            ("paretonormal", &paretonormal.entries),
+        ] {
             let (m, s) = moments(t);
             assert!(
                 m.abs() < 0.15 && (0.75..=1.0).contains(&s),

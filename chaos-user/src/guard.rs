@@ -7,12 +7,9 @@
 //! which is itself explicit. A rule whose ports are all guarded could never match anything, so
 //! it is refused with a message saying how to override.
 
-use chaos_common::rules::{MAX_GUARD_PORTS, RuleMask};
+use chaos_common::rules::MAX_GUARD_PORTS;
 
-use crate::{
-    compile::CompiledRules,
-    rule::{PortRange, Protocol, Rule},
-};
+use crate::rule::{PortRange, Protocol, Rule};
 
 /// TCP ports excluded unless a rule says `force=yes`: SSH, the Kubernetes API, the kubelet.
 pub const DEFAULT_EXCLUDED_PORTS: [u16; 3] = [22, 6443, 10250];
@@ -94,9 +91,8 @@ impl Guard {
         Ok(())
     }
 
-    /// Writes the guarded ports of `rules` (in the compiled rule set's bit order) into its
-    /// settings: the program drops those rules' bits for TCP packets from or to each port.
-    pub fn apply(&self, rules: &[Rule], compiled: &mut CompiledRules) {
+    /// Every guarded port, sorted.
+    pub fn ports(&self) -> Vec<u16> {
         let mut ports: Vec<u16> = self
             .excluded
             .iter()
@@ -105,29 +101,18 @@ impl Guard {
             .collect();
         ports.sort_unstable();
         ports.dedup();
-        let settings = &mut compiled.settings;
-        settings.guard_count = 0;
-        for port in ports {
-            let mask: RuleMask = rules
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| self.ports_for(r).contains(&port))
-                .fold(0, |m, (i, _)| m | 1 << i);
-            if mask == 0 {
-                continue;
-            }
-            let i = settings.guard_count as usize;
-            settings.guard_ports[i] = port;
-            settings.guard_rules[i] = mask;
-            settings.guard_count += 1;
-        }
+        ports
+    }
+
+    /// Whether the program must keep `rule` off TCP from or to `port`.
+    pub fn guards(&self, rule: &Rule, port: u16) -> bool {
+        self.ports_for(rule).contains(&port)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::compile;
 
     fn guard() -> Guard {
         Guard::new(&DEFAULT_EXCLUDED_PORTS, &[7070]).unwrap()
@@ -159,25 +144,5 @@ mod tests {
         let many: Vec<u16> = (1..=17).collect();
         assert!(Guard::new(&many, &[]).unwrap_err().contains("at most 16"));
         assert!(Guard::new(&[0], &[]).is_err());
-    }
-
-    #[test]
-    fn compiles_to_masks_per_port() {
-        let rules: Vec<Rule> = ["drop=1", "proto=udp drop=1", "proto=tcp drop=1 force=yes"]
-            .iter()
-            .map(|r| r.parse().unwrap())
-            .collect();
-        let mut compiled = compile(&rules).unwrap();
-        guard().apply(&rules, &mut compiled);
-        let s = &compiled.settings;
-        let got: Vec<(u16, RuleMask)> = (0..s.guard_count as usize)
-            .map(|i| (s.guard_ports[i], s.guard_rules[i]))
-            .collect();
-        // Rule 0 is kept off every guarded port, rule 1 (UDP) off none, rule 2 (force) off the
-        // API port only.
-        assert_eq!(
-            got,
-            vec![(22, 0b001), (6443, 0b001), (7070, 0b101), (10250, 0b001)]
-        );
     }
 }

@@ -15,12 +15,15 @@ pub mod duration;
 pub mod experiment;
 pub mod guard;
 pub mod host;
+pub mod injector;
 pub mod netns;
+pub mod plumbing;
 pub mod qdisc;
 pub mod recover;
 pub mod report;
 pub mod rtnl;
 pub mod rule;
+pub mod ruleset;
 
 /// An error the user can fix by changing the command line or the environment: the CLI exits
 /// with status 2 for these, 1 for everything else.

@@ -3,9 +3,10 @@
 //! accepted by the compiler.
 
 use chaos_user::{
-    compile::compile,
     experiment::{Experiment, ExperimentFile, ExperimentSpec},
+    guard::Guard,
     rule::Rule,
+    ruleset::RuleSetBuilder,
 };
 use proptest::prelude::*;
 
@@ -47,7 +48,7 @@ proptest! {
     #[test]
     fn parsed_rules_always_compile(text in rule_text()) {
         if let Ok(rule) = text.parse::<Rule>() {
-            prop_assert!(compile(&[rule]).is_ok());
+            prop_assert!(RuleSetBuilder::new(&Guard::default()).rules([rule]).build().is_ok());
         }
     }
 

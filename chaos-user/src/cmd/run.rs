@@ -11,13 +11,15 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     InputError, caps,
-    compile::{CompiledRules, Holds, compile, holds},
-    datapath::{AttachMode, Datapath, is_permission_error},
+    datapath::{AttachMode, Capacity, DatapathError, is_permission_error},
     duration::{self, Bounds},
     guard::{self, Guard},
-    host, netns,
+    host,
+    injector::{Injector, InjectorError},
+    netns,
     report::{RuleReport, json_lines, table},
     rule::{Direction, Rule},
+    ruleset::{RuleOptions, RuleSet, RuleSetBuilder},
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -101,10 +103,8 @@ means bad input or an unfit environment; nothing was attached.";
 /// Everything validated before the kernel is touched.
 #[derive(Debug)]
 struct Plan {
-    rules: Vec<Rule>,
-    compiled: CompiledRules,
+    set: RuleSet,
     directions: Vec<Direction>,
-    holds: Holds,
 }
 
 fn plan(args: &RunArgs) -> Result<Plan, InputError> {
@@ -122,30 +122,20 @@ fn plan(args: &RunArgs) -> Result<Plan, InputError> {
             .check(rule)
             .map_err(|e| InputError(format!("--rule '{text}': {e}")))?;
     }
-    let mut compiled = compile(&rules).map_err(|e| InputError(e.to_string()))?;
-    guard.apply(&rules, &mut compiled);
-    if args.dry_run {
-        compiled.count_only();
-    }
-    let mut directions: Vec<Direction> = Vec::new();
-    for rule in &rules {
-        if !directions.contains(&rule.direction) {
-            directions.push(rule.direction);
-        }
-    }
-    let holds = if args.dry_run {
-        Holds::default()
-    } else {
-        holds(&rules)
+    // The program ends the faults itself at the deadline, even if chaos is frozen.
+    let options = RuleOptions {
+        expires_at: args.duration.map(|d| std::time::Instant::now() + d),
+        dry_run: args.dry_run,
+        slot: None,
     };
-    if holds.reverse_tcp_delay && !directions.contains(&Direction::Ingress) {
-        directions.push(Direction::Ingress);
-    }
+    let set = rules
+        .into_iter()
+        .fold(RuleSetBuilder::new(&guard), |b, rule| b.rule(rule, options))
+        .build()
+        .map_err(|e| InputError(e.to_string()))?;
     Ok(Plan {
-        rules,
-        compiled,
-        directions,
-        holds,
+        directions: set.directions(),
+        set,
     })
 }
 
@@ -182,77 +172,59 @@ pub fn run(args: RunArgs) -> Result<()> {
     let _runtime = runtime.enter();
     let mut stop = StopSignals::install()?;
 
-    let mut datapath = Datapath::load().map_err(|e| {
-        // The verifier's log can run to thousands of lines: keep it for -vv.
-        tracing::debug!("load failure: {e:?}");
-        let message = e.to_string();
-        let summary = first_line(&message);
-        if is_permission_error(&e) {
-            InputError(format!(
-                "{summary}: missing privilege (needs CAP_BPF and CAP_NET_ADMIN)"
-            ))
-        } else {
-            InputError(format!(
-                "this kernel cannot run chaos's TC program (needs BPF, BTF and clsact/TCX): {summary}"
-            ))
-        }
-    })?;
-    // Qdiscs and devices before anything is attached: a kernel without fq or ifb must leave the
-    // interface untouched.
-    if let Some(horizon) = plan.holds.horizon {
-        if plan.holds.egress_fq {
-            datapath
-                .install_fq(&args.iface, ifindex, horizon)
-                .map_err(|e| InputError(e.to_string()))?;
-        }
-        if plan.holds.ifb {
-            host::check_ingress_hold_kernel().map_err(InputError)?;
-            datapath
-                .create_ifb(&args.iface, ifindex, horizon)
-                .map_err(|e| InputError(e.to_string()))?;
-        }
-    }
-    if plan.holds.reverse_tcp_delay {
-        datapath
-            .enable_reverse_tcp_delay()
-            .context("writing config")?;
-    }
-    let mut compiled = plan.compiled.clone();
-    if let Some(d) = args.duration {
-        // The program ends the faults itself at the deadline, even if chaos is frozen.
-        let expires = host::monotonic_after(d);
-        compiled
-            .actions
-            .iter_mut()
-            .for_each(|a| a.expires_ns = expires);
-    }
-    datapath
-        .set_lease(args.lease)
+    // Maps sized to this rule set: it is known before loading and never changes.
+    let capacity = Capacity::for_rule_set(&plan.set);
+    let mut injector = Injector::load(&args.iface, ifindex, capacity).map_err(load_error)?;
+    injector
+        .renew_lease(args.lease)
         .context("writing the lease")?;
-    datapath.apply(&compiled).context("writing rules")?;
-    for direction in &plan.directions {
-        // On failure the Datapath drop detaches whatever was attached before.
-        datapath
-            .attach(&args.iface, ifindex, *direction, args.attach)
-            .map_err(|e| InputError(first_line(&e.to_string()).to_owned()))?;
-    }
+    // Rules (and the fq or ifb they hold packets with) before anything is attached: a kernel
+    // without fq or ifb must leave the interface untouched.
+    injector.apply(&plan.set, &[]).map_err(|e| match e {
+        InjectorError::Plumbing(e) => anyhow::Error::from(InputError(e.to_string())),
+        e => anyhow::Error::from(e).context("writing rules"),
+    })?;
+    // On failure the injector's drop detaches whatever was attached before.
+    injector
+        .attach(&plan.directions, args.attach)
+        .map_err(|e| InputError(first_line(&e.to_string()).to_owned()))?;
     announce(&args, &plan.directions);
 
     let live = args.output == Output::Text && std::io::stdout().is_terminal();
+    let rules = plan.set.rules();
     let waited = runtime.block_on(wait(
-        &mut datapath,
+        &mut injector,
         args.lease,
-        &plan.rules,
+        rules,
         args.duration,
         live,
         &mut stop,
     ));
     // Detach before reporting, and even if waiting failed: the interface must be left clean.
-    let detached = datapath.detach_all().context("detaching");
-    let reports = reports(&datapath, &plan.rules)?;
+    let closed = injector.close().context("detaching");
+    let reports = reports(&injector, rules)?;
     waited?;
-    detached?;
+    closed?;
     print_final(&reports, args.output)
+}
+
+/// A load failure as the user can act on it.
+fn load_error(e: InjectorError) -> InputError {
+    // The verifier's log can run to thousands of lines: keep it for -vv.
+    tracing::debug!("load failure: {e:?}");
+    let message = e.to_string();
+    let summary = first_line(&message);
+    match e {
+        InjectorError::Datapath(ref d) if is_permission_error(d) => InputError(format!(
+            "{summary}: missing privilege (needs CAP_BPF and CAP_NET_ADMIN)"
+        )),
+        InjectorError::Datapath(DatapathError::Load(_) | DatapathError::Program { .. }) => {
+            InputError(format!(
+                "this kernel cannot run chaos's TC program (needs BPF, BTF and clsact/TCX): {summary}"
+            ))
+        }
+        _ => InputError(summary.to_owned()),
+    }
 }
 
 fn first_line(text: &str) -> &str {
@@ -292,10 +264,9 @@ fn announce(args: &RunArgs, directions: &[Direction]) {
     );
 }
 
-fn reports(datapath: &Datapath, rules: &[Rule]) -> Result<Vec<RuleReport>> {
-    let counters = datapath
-        .counters(rules.len() as u32)
-        .context("reading counters")?;
+fn reports(injector: &Injector, rules: &[Rule]) -> Result<Vec<RuleReport>> {
+    let slots: Vec<u32> = (0..rules.len() as u32).collect();
+    let counters = injector.counters(&slots).context("reading counters")?;
     Ok(rules
         .iter()
         .zip(&counters)
@@ -305,7 +276,7 @@ fn reports(datapath: &Datapath, rules: &[Rule]) -> Result<Vec<RuleReport>> {
 }
 
 async fn wait(
-    datapath: &mut Datapath,
+    injector: &mut Injector,
     lease: Duration,
     rules: &[Rule],
     duration: Option<Duration>,
@@ -327,9 +298,9 @@ async fn wait(
             _ = stop.interrupt.recv() => break,
             _ = stop.terminate.recv() => break,
             () = &mut deadline => break,
-            _ = renew.tick() => datapath.set_lease(lease).context("renewing the lease")?,
+            _ = renew.tick() => injector.renew_lease(lease).context("renewing the lease")?,
             _ = tick.tick(), if live => {
-                let text = table(&reports(datapath, rules)?);
+                let text = table(&reports(injector, rules)?);
                 drawn_lines = redraw(&text, drawn_lines)?;
             }
         }

@@ -15,13 +15,12 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use super::worker::{Target, Worker};
+use super::worker::{Port, Ports, Target, Workers};
 use crate::{
-    compile::{compile_with_slots, holds},
     experiment::{Experiment, ExperimentError, ExperimentSpec, MAX_EXPERIMENTS},
     guard::Guard,
     report::RuleReport,
-    rule::Rule,
+    ruleset::{RuleOptions, RuleSetBuilder},
 };
 
 /// Why a request was refused.
@@ -78,7 +77,7 @@ impl Entry {
 }
 
 struct TargetState {
-    worker: Worker,
+    worker: Box<dyn Port>,
     /// Counter slot of each (experiment, rule index): kept while the experiment exists.
     slots: BTreeMap<(String, usize), u32>,
 }
@@ -116,15 +115,6 @@ pub struct StatusView {
     pub interfaces: Vec<String>,
 }
 
-/// One rule of a started experiment, as it goes into an interface's rule set.
-struct LiveRule {
-    rule: Rule,
-    /// The experiment's name and the rule's index in it: what its counter slot follows.
-    key: (String, usize),
-    expires_at: Option<Instant>,
-    dry_run: bool,
-}
-
 /// What the daemon allows.
 #[derive(Clone, Debug)]
 pub struct Policy {
@@ -139,13 +129,24 @@ pub struct Policy {
 pub struct Manager {
     state: Mutex<State>,
     policy: Policy,
+    ports: Box<dyn Ports>,
 }
 
 impl Manager {
+    /// A manager whose interfaces are real: a worker thread each.
     pub fn new(policy: Policy) -> Arc<Self> {
+        let ports = Workers {
+            lease: policy.lease,
+        };
+        Self::with_ports(policy, Box::new(ports))
+    }
+
+    /// A manager whose interfaces are `ports`.
+    pub fn with_ports(policy: Policy, ports: Box<dyn Ports>) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State::default()),
             policy,
+            ports,
         })
     }
 
@@ -410,28 +411,10 @@ impl Manager {
                     ),
                 )));
             }
-            let live: Vec<LiveRule> = if state.paused {
-                Vec::new()
-            } else {
-                on_target
-                    .iter()
-                    .filter(|(_, e)| e.started)
-                    .flat_map(|(n, e)| {
-                        e.experiment
-                            .rules
-                            .iter()
-                            .enumerate()
-                            .map(move |(i, r)| LiveRule {
-                                rule: r.clone(),
-                                key: ((*n).clone(), i),
-                                expires_at: e.expires_at,
-                                dry_run: e.experiment.spec.dry_run,
-                            })
-                    })
-                    .collect()
-            };
             if !state.targets.contains_key(target) {
-                let worker = Worker::start(target.clone(), self.policy.lease)
+                let worker = self
+                    .ports
+                    .start(target.clone())
                     .await
                     .map_err(|e| ApiError::Invalid(ExperimentError::new("iface", e)))?;
                 state.targets.insert(
@@ -456,30 +439,26 @@ impl Manager {
                     fresh.push(slot);
                 }
             }
-            let rules: Vec<Rule> = live.iter().map(|l| l.rule.clone()).collect();
-            let slots: Vec<u32> = live.iter().map(|l| ts.slots[&l.key]).collect();
-            // Dry-run rules count but hold nothing: no fq or ifb for them.
-            let faulting: Vec<Rule> = live
-                .iter()
-                .filter(|l| !l.dry_run)
-                .map(|l| l.rule.clone())
-                .collect();
-            let mut compiled = compile_with_slots(&rules, &slots)
-                .map_err(|e| ApiError::Invalid(ExperimentError::new("rules", e.to_string())))?;
-            self.policy.guard.apply(&rules, &mut compiled);
-            // The program ends each experiment itself at its deadline, even if the daemon froze.
-            for (action, l) in compiled.actions.iter_mut().zip(&live) {
-                if let Some(at) = l.expires_at {
-                    let left = at.saturating_duration_since(Instant::now());
-                    action.expires_ns = crate::host::monotonic_after(left);
-                }
-                if l.dry_run {
-                    action.drop_prob = 0;
-                    action.flags = 0;
+            let mut builder = RuleSetBuilder::new(&self.policy.guard)
+                .hashed_capacity(self.ports.capacity().hashed);
+            let started = on_target.iter().filter(|(_, e)| e.started && !state.paused);
+            for (name, entry) in started {
+                for (i, rule) in entry.experiment.rules.iter().enumerate() {
+                    // The program ends each experiment itself at its deadline, even if the
+                    // daemon froze.
+                    let options = RuleOptions {
+                        slot: Some(ts.slots[&((*name).clone(), i)]),
+                        expires_at: entry.expires_at,
+                        dry_run: entry.experiment.spec.dry_run,
+                    };
+                    builder = builder.rule(rule.clone(), options);
                 }
             }
+            let set = builder
+                .build()
+                .map_err(|e| ApiError::Invalid(ExperimentError::new("rules", e.to_string())))?;
             ts.worker
-                .apply(compiled, holds(&faulting), fresh)
+                .apply(set, fresh)
                 .await
                 .map_err(|e| ApiError::Invalid(ExperimentError::new("rules", e)))?;
         }

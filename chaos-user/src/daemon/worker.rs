@@ -1,21 +1,23 @@
 //! One thread per interface the daemon injects on. The thread enters the interface's network
 //! namespace once (netlink sockets, interface names and attachments all follow the calling
-//! thread's namespace) and owns that interface's [`Datapath`]; the async side sends it requests.
+//! thread's namespace) and owns that interface's [`Injector`]; the async side sends it requests.
 //!
 //! fq and the ifb are installed the first time a rule set needs them and stay until the worker
 //! stops, which is when the last experiment on the interface is gone.
 
-use std::{fmt, sync::mpsc, thread, time::Duration};
+use std::{fmt, future::Future, pin::Pin, sync::mpsc, thread, time::Duration};
 
 use chaos_common::RuleCounters;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::{
-    compile::{CompiledRules, Holds},
-    datapath::{AttachMode, Datapath},
-    host, netns,
-    rule::{Direction, MAX_HORIZON},
+    datapath::{AttachMode, Capacity},
+    host,
+    injector::Injector,
+    netns,
+    rule::Direction,
+    ruleset::RuleSet,
 };
 
 /// An interface, in a named namespace or the daemon's own.
@@ -34,15 +36,47 @@ impl fmt::Display for Target {
     }
 }
 
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the daemon's state needs of an interface it injects on: the seam between the
+/// experiments' bookkeeping and the kernel, so the bookkeeping is testable without one.
+pub trait Port: Send + Sync {
+    /// Makes `set` the interface's live rule set; `fresh` slots (given to rules that are new)
+    /// are zeroed first.
+    fn apply(&self, set: RuleSet, fresh: Vec<u32>) -> BoxFuture<'_, Result<(), String>>;
+    /// Counters of `slots`, summed over CPUs.
+    fn counters(&self, slots: Vec<u32>) -> BoxFuture<'_, Result<Vec<RuleCounters>, String>>;
+}
+
+/// Starts a [`Port`] for an interface. Dropping the port stops it: detached and restored.
+pub trait Ports: Send + Sync {
+    fn start(&self, target: Target) -> BoxFuture<'_, Result<Box<dyn Port>, String>>;
+    /// What each port's maps hold: rule sets are built for it.
+    fn capacity(&self) -> Capacity;
+}
+
+/// The real ports: a [`Worker`] thread per interface, renewing its lease every third of `lease`.
+pub struct Workers {
+    pub lease: Duration,
+}
+
+impl Ports for Workers {
+    fn start(&self, target: Target) -> BoxFuture<'_, Result<Box<dyn Port>, String>> {
+        Box::pin(async move {
+            let worker = Worker::start(target, self.lease).await?;
+            Ok(Box::new(worker) as Box<dyn Port>)
+        })
+    }
+
+    fn capacity(&self) -> Capacity {
+        Capacity::DAEMON
+    }
+}
+
 enum Request {
-    // Boxed: a compiled rule set is large, and the channel holds one of these per request.
+    // Boxed: a rule set is large, and the channel holds one of these per request.
     /// Zero the counters of the fresh slots, then make the rule set live: one round trip.
-    Apply(
-        Box<CompiledRules>,
-        Holds,
-        Vec<u32>,
-        oneshot::Sender<Result<(), String>>,
-    ),
+    Apply(Box<RuleSet>, Vec<u32>, oneshot::Sender<Result<(), String>>),
     Counters(Vec<u32>, oneshot::Sender<Result<Vec<RuleCounters>, String>>),
 }
 
@@ -93,28 +127,21 @@ impl Worker {
             .map_err(|_| GONE.to_owned())?;
         answer.await.map_err(|_| GONE.to_owned())?
     }
+}
 
-    /// Makes `rules` the interface's live rule set, installing what it holds packets with.
-    /// `fresh` slots (given to rules that are new) are zeroed first.
-    pub async fn apply(
-        &self,
-        rules: CompiledRules,
-        holds: Holds,
-        fresh: Vec<u32>,
-    ) -> Result<(), String> {
-        self.ask(|reply| Request::Apply(Box::new(rules), holds, fresh, reply))
-            .await
+impl Port for Worker {
+    fn apply(&self, set: RuleSet, fresh: Vec<u32>) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(self.ask(|reply| Request::Apply(Box::new(set), fresh, reply)))
     }
 
-    /// Counters of `slots`, summed over CPUs.
-    pub async fn counters(&self, slots: Vec<u32>) -> Result<Vec<RuleCounters>, String> {
-        self.ask(|reply| Request::Counters(slots, reply)).await
+    fn counters(&self, slots: Vec<u32>) -> BoxFuture<'_, Result<Vec<RuleCounters>, String>> {
+        Box::pin(self.ask(|reply| Request::Counters(slots, reply)))
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        // Closing the channel ends the thread's loop; it then drops the Datapath, which
+        // Closing the channel ends the thread's loop; it then drops the injector, which
         // detaches and restores the interface. Wait for that, so "deleted" means clean.
         self.requests.take();
         if let Some(thread) = self.thread.take() {
@@ -135,7 +162,7 @@ fn run(
     incoming: mpsc::Receiver<Request>,
     ready: oneshot::Sender<Result<(), String>>,
 ) {
-    let (mut datapath, ifindex) = match set_up(&target) {
+    let mut injector = match set_up(&target) {
         Ok(ok) => ok,
         Err(e) => {
             // The daemon may have given up waiting; nothing else to do with the error then.
@@ -147,97 +174,49 @@ fn run(
         return;
     }
     info!(%target, "attached");
-    let mut installed = Holds::default();
     loop {
-        if let Err(e) = datapath.set_lease(lease) {
+        if let Err(e) = injector.renew_lease(lease) {
             warn!(%target, "renewing the lease: {e}");
         }
+        // The lease is at least 100ms (`Bounds::LEASE`), so this never spins.
         let request = match incoming.recv_timeout(lease / 3) {
             Ok(request) => request,
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         match request {
-            Request::Apply(rules, holds, fresh, reply) => {
-                let result = fresh
-                    .iter()
-                    .try_for_each(|slot| datapath.reset_counters(*slot))
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| {
-                        apply(
-                            &mut datapath,
-                            &target,
-                            ifindex,
-                            &mut installed,
-                            &rules,
-                            holds,
-                        )
-                    });
+            Request::Apply(set, fresh, reply) => {
+                let result = injector.apply(&set, &fresh).map_err(|e| e.to_string());
                 reply.send(result).ok();
             }
             Request::Counters(slots, reply) => {
-                let result = slots
-                    .iter()
-                    .map(|slot| datapath.counters_of(*slot).map_err(|e| e.to_string()))
-                    .collect();
-                reply.send(result).ok();
+                reply
+                    .send(injector.counters(&slots).map_err(|e| e.to_string()))
+                    .ok();
             }
         }
     }
-    if let Err(e) = datapath.detach_all() {
+    if let Err(e) = injector.close() {
         warn!(%target, "cleaning up: {e}");
     }
     info!(%target, "detached and restored");
 }
 
-fn set_up(target: &Target) -> Result<(Datapath, u32), String> {
+fn set_up(target: &Target) -> Result<Injector, String> {
     if let Some(ns) = &target.netns {
         netns::enter(ns).map_err(|e| e.to_string())?;
     }
     let ifindex =
         netns::if_index(&target.iface).ok_or_else(|| format!("interface '{target}' not found"))?;
     host::check_link_type(&target.iface, ifindex)?;
-    let mut datapath = Datapath::load().map_err(|e| first_line(&e.to_string()))?;
+    let mut injector = Injector::load(&target.iface, ifindex, Capacity::DAEMON)
+        .map_err(|e| first_line(&e.to_string()))?;
     // Both directions from the start: a rule set without rules for a direction costs one map
     // lookup per packet there, and later rule sets never have to attach.
-    for direction in [Direction::Ingress, Direction::Egress] {
-        datapath
-            .attach(&target.iface, ifindex, direction, AttachMode::Auto)
-            .map_err(|e| first_line(&e.to_string()))?;
-    }
-    Ok((datapath, ifindex))
-}
-
-fn apply(
-    datapath: &mut Datapath,
-    target: &Target,
-    ifindex: u32,
-    installed: &mut Holds,
-    rules: &CompiledRules,
-    holds: Holds,
-) -> Result<(), String> {
-    // The daemon's fq covers any delay a rule can ask for, so a later, longer rule never has to
-    // replace it.
-    if holds.egress_fq && !installed.egress_fq {
-        datapath
-            .install_fq(&target.iface, ifindex, MAX_HORIZON)
-            .map_err(|e| e.to_string())?;
-        installed.egress_fq = true;
-    }
-    if holds.ifb && !installed.ifb {
-        host::check_ingress_hold_kernel()?;
-        datapath
-            .create_ifb(&target.iface, ifindex, MAX_HORIZON)
-            .map_err(|e| e.to_string())?;
-        installed.ifb = true;
-    }
-    if holds.reverse_tcp_delay && !installed.reverse_tcp_delay {
-        datapath
-            .enable_reverse_tcp_delay()
-            .map_err(|e| e.to_string())?;
-        installed.reverse_tcp_delay = true;
-    }
-    datapath.apply(rules).map_err(|e| e.to_string())
+    injector
+        .attach(&[Direction::Ingress, Direction::Egress], AttachMode::Auto)
+        .map_err(|e| first_line(&e.to_string()))?;
+    Ok(injector)
 }
 
 fn first_line(text: &str) -> String {
