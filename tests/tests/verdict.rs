@@ -3,10 +3,10 @@
 use aya::programs::{TestRun as _, TestRunOptions};
 use chaos_common::RuleCounters;
 use chaos_user::{
-    compile::compile,
     datapath::Datapath,
     guard::{DEFAULT_EXCLUDED_PORTS, Guard},
     rule::{Direction, Rule},
+    ruleset::RuleSetBuilder,
 };
 use netlab::assert_binomial;
 
@@ -40,8 +40,12 @@ impl Harness {
 
     fn apply(&mut self, rules: &[&str]) {
         let rules: Vec<Rule> = rules.iter().map(|r| r.parse().unwrap()).collect();
-        self.datapath.apply(&compile(&rules).unwrap()).unwrap();
         self.rules = rules.len() as u32;
+        let set = RuleSetBuilder::new(&Guard::default())
+            .rules(rules)
+            .build()
+            .unwrap();
+        self.datapath.apply(&set).unwrap();
     }
 
     fn run(&mut self, dir: Direction, packet: &[u8], ctx: Option<&[u8]>, repeat: u32) -> u32 {
@@ -58,12 +62,16 @@ impl Harness {
     /// Runs the egress program once: the verdict, the monotonic time just before the run, and
     /// the departure time the program stamped (None: not held, leaves at once).
     fn departure(&mut self, packet: &[u8]) -> (u32, u64, Option<u64>) {
-        let ctx_in = skb_ctx(1);
+        self.departure_in(packet, &skb_ctx(1))
+    }
+
+    /// As `departure`, with the skb fields of `ctx_in`.
+    fn departure_in(&mut self, packet: &[u8], ctx_in: &[u8]) -> (u32, u64, Option<u64>) {
         let mut ctx_out = vec![0u8; ctx_in.len()];
         let prog = self.datapath.program(Direction::Egress).unwrap();
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
-        opts.ctx_in = Some(&ctx_in);
+        opts.ctx_in = Some(ctx_in);
         opts.ctx_out = Some(&mut ctx_out);
         let before = monotonic_ns();
         let verdict = prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value;
@@ -408,12 +416,10 @@ fn guarded_ports_are_kept_out_of_rules_without_force() {
         "dst=198.18.0.2/32 drop=1",
     ];
     let rules: Vec<Rule> = texts.iter().map(|r| r.parse().unwrap()).collect();
-    let mut compiled = compile(&rules).unwrap();
-    Guard::new(&DEFAULT_EXCLUDED_PORTS, &[7070])
-        .unwrap()
-        .apply(&rules, &mut compiled);
+    let guard = Guard::new(&DEFAULT_EXCLUDED_PORTS, &[7070]).unwrap();
+    let set = RuleSetBuilder::new(&guard).rules(rules).build().unwrap();
     let mut h = Harness::new(&[]);
-    h.datapath.apply(&compiled).unwrap();
+    h.datapath.apply(&set).unwrap();
     h.rules = 2;
     // Rule 0 may fault SSH (force=yes); rule 1, for everything to the host, leaves the
     // excluded and the protected ports alone, either way round, and only on TCP.
@@ -500,6 +506,14 @@ fn stale_port_entries_are_cleared() {
 fn skb_ctx(gso_segs: u32) -> Vec<u8> {
     let mut ctx = vec![0u8; 192];
     ctx[164..168].copy_from_slice(&gso_segs.to_ne_bytes());
+    ctx
+}
+
+/// `struct __sk_buff` of a GSO packet that takes `wire_len` bytes on the wire (`wire_len`
+/// is the stack's `qdisc_pkt_len`: every segment with its own headers).
+fn gso_ctx(gso_segs: u32, wire_len: u32) -> Vec<u8> {
+    let mut ctx = skb_ctx(gso_segs);
+    ctx[160..164].copy_from_slice(&wire_len.to_ne_bytes());
     ctx
 }
 
@@ -677,6 +691,31 @@ fn rate_paces_and_bounds_its_queue() {
     assert_eq!(verdicts, [[PASS; 11].as_slice(), &[DROP; 9]].concat());
     let c = h.counters()[0];
     assert_eq!((c.rate_dropped_pkts, c.dropped_pkts), (9, 0));
+}
+
+#[test]
+fn rate_charges_the_wire_length_of_gso_packets() {
+    // A super-packet of 3 segments whose wire bytes (3 sets of headers) exceed skb->len: the
+    // link is busy for the wire bytes, as netem and Cilium's EDT charge (skb->len ran a bulk
+    // TCP flow 4-5 % over its rate).
+    let mut h = Harness::new(&["proto=udp rate=80kbit"]);
+    let packet = udp4(V4_SERVER, 9000);
+    let wire = 3 * packet.len() as u32;
+    let ctx = gso_ctx(3, wire);
+    let departures: Vec<i64> = (0..20)
+        .map(|_| h.departure_in(&packet, &ctx).2.unwrap_or(0) as i64)
+        .collect();
+    let tx_ns = i64::from(wire) * 100_000;
+    for w in departures[1..].windows(2) {
+        let gap = w[1] - w[0];
+        assert!(
+            (gap - tx_ns).abs() <= 1,
+            "gap {gap} ns, want {tx_ns} ({wire} wire bytes, not {} skb bytes)",
+            packet.len()
+        );
+    }
+    // The counters still count the packet's own bytes.
+    assert_eq!(h.counters()[0].matched_bytes, 20 * packet.len() as u64);
 }
 
 /// A UDP packet of exactly `len` bytes on the wire.

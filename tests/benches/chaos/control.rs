@@ -159,7 +159,12 @@ pub fn run(ctx: &Ctx) -> Section {
     let mut compile_us = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t = Instant::now();
-        std::hint::black_box(chaos_user::compile::compile(&rules).unwrap());
+        std::hint::black_box(
+            chaos_user::ruleset::RuleSetBuilder::new(&chaos_user::guard::Guard::default())
+                .rules(rules.iter().cloned())
+                .build()
+                .unwrap(),
+        );
         compile_us.push(t.elapsed().as_secs_f64() * 1e6);
     }
     let (mc, md) = (median(&create_us), median(&delete_us));

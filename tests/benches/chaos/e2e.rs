@@ -51,8 +51,7 @@ use chaos_user::{
     rule::Direction,
 };
 use netlab::{
-    IFACE, Lab, OTHER_V4, SERVER_V4, ifindex, in_netns, set_rcvbuf, spawn_in_netns, tcp_bulk,
-    thread_cpu_ns,
+    IFACE, Lab, OTHER_V4, SERVER_V4, in_netns, set_rcvbuf, spawn_in_netns, tcp_bulk, thread_cpu_ns,
 };
 use serde_json::{Value, json};
 
@@ -221,7 +220,7 @@ fn attach(slot: &mut Option<Program>, ns: &str) {
         let mut program = program;
         match &mut program {
             Program::Chaos(dp) => dp
-                .attach(IFACE, ifindex(IFACE), Direction::Egress, AttachMode::Tcx)
+                .attach(IFACE, Direction::Egress, AttachMode::Tcx)
                 .expect("attach chaos's program (TCX)"),
             Program::Noop { ebpf, link } => {
                 let prog: &mut SchedClassifier =
@@ -370,7 +369,7 @@ pub fn run(ctx: &Ctx) -> Section {
 
     let no_match = scale::rule_set_tcp_and_udp(1, 1);
     let big = scale::rule_set_tcp_and_udp(64, PREFIXES);
-    let big_dst4 = big.dst4.len();
+    let big_dst4 = big.prefixes(chaos_common::rules::TABLE_DST4).len();
 
     // Labs first: locals drop in reverse order, so the programs detach before the namespaces go.
     let labs = [Lab::new("bench-e2e"), Lab::new("bench-e2e")];

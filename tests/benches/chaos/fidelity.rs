@@ -9,13 +9,12 @@
 use std::{net::SocketAddr, time::Duration};
 
 use chaos_user::{
-    compile::compile,
     datapath::{AttachMode, Datapath},
+    guard::Guard,
     rule::{Direction, Rule},
+    ruleset::RuleSetBuilder,
 };
-use netlab::{
-    IFACE, Lab, SERVER_V4, UdpCounter, heavy_traffic, ifindex, in_netns, tcp_bulk, udp_send,
-};
+use netlab::{IFACE, Lab, SERVER_V4, UdpCounter, heavy_traffic, in_netns, tcp_bulk, udp_send};
 use serde_json::json;
 
 use crate::{
@@ -27,7 +26,7 @@ use crate::{
 fn attached(lab: &Lab) -> Datapath {
     let mut dp = Datapath::load().expect("load chaos's program");
     in_netns(&lab.a, move || {
-        dp.attach(IFACE, ifindex(IFACE), Direction::Egress, AttachMode::Tcx)
+        dp.attach(IFACE, Direction::Egress, AttachMode::Tcx)
             .expect("attach");
         dp
     })
@@ -35,7 +34,11 @@ fn attached(lab: &Lab) -> Datapath {
 
 fn apply(dp: &mut Datapath, rule: &str) {
     let rule: Rule = rule.parse().unwrap();
-    dp.apply(&compile(&[rule]).unwrap()).expect("apply");
+    let set = RuleSetBuilder::new(&Guard::default())
+        .rules([rule])
+        .build()
+        .unwrap();
+    dp.apply(&set).expect("apply");
 }
 
 pub fn run(ctx: &Ctx) -> Section {

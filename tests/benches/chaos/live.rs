@@ -16,7 +16,7 @@ use chaos_user::{
     datapath::{AttachMode, Datapath},
     rule::Direction,
 };
-use netlab::{IFACE, Lab, SERVER_V4, UdpCounter, ifindex, in_netns, udp_send};
+use netlab::{IFACE, Lab, SERVER_V4, UdpCounter, in_netns, udp_send};
 use serde_json::json;
 
 use crate::{
@@ -50,7 +50,7 @@ pub fn run(ctx: &Ctx) -> Section {
     dp.apply(&scale::rule_set(1, 1, Fault::Pass, false))
         .expect("write the rule set");
     let dp = in_netns(&chaos_lab.a, move || {
-        dp.attach(IFACE, ifindex(IFACE), Direction::Egress, AttachMode::Tcx)
+        dp.attach(IFACE, Direction::Egress, AttachMode::Tcx)
             .expect("attach chaos");
         dp
     });

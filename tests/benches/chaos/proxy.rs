@@ -48,13 +48,12 @@ use std::{
 };
 
 use chaos_user::{
-    compile::compile,
     datapath::{AttachMode, Datapath},
+    guard::Guard,
     rule::{Direction, Rule},
+    ruleset::RuleSetBuilder,
 };
-use netlab::{
-    CLIENT_V4, IFACE, Lab, SERVER_V4, host_busy_ns, ifindex, in_netns, send_all_and_wait,
-};
+use netlab::{CLIENT_V4, IFACE, Lab, SERVER_V4, host_busy_ns, in_netns, send_all_and_wait};
 use serde_json::{Value, json};
 
 use crate::{
@@ -361,7 +360,7 @@ impl Chaos {
         let dp = self.slot.take().expect("datapath in its slot");
         self.slot = Some(in_netns(&self.ns, move || {
             let mut dp = dp;
-            dp.attach(IFACE, ifindex(IFACE), Direction::Egress, AttachMode::Tcx)
+            dp.attach(IFACE, Direction::Egress, AttachMode::Tcx)
                 .expect("attach chaos's program (TCX)");
             dp
         }));
@@ -400,8 +399,13 @@ pub fn run(ctx: &Ctx) -> Section {
         Ok(dp) => dp,
         Err(e) => return Section::skipped(ID, TITLE, format!("cannot load chaos's program: {e}")),
     };
-    dp.apply(&compile(&[rule]).unwrap())
-        .expect("write the rule set");
+    dp.apply(
+        &RuleSetBuilder::new(&Guard::default())
+            .rules([rule])
+            .build()
+            .unwrap(),
+    )
+    .expect("write the rule set");
 
     // Declared first, dropped last: the lab outlives the servers, socat and the program.
     let lab = Lab::new("bench-proxy");

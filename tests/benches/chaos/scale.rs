@@ -6,8 +6,9 @@
 //! whatever a table keeps them in.
 
 use chaos_user::{
-    compile::{CompiledRules, compile},
+    guard::Guard,
     rule::Rule,
+    ruleset::{RuleSet, RuleSetBuilder},
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 
@@ -45,7 +46,7 @@ pub enum Shape {
 /// `rules` rules (1..=64) whose tables hold `prefixes` destination hosts of each family in all.
 /// Rule 0 matches UDP to `HIT_PORT` at `SERVER_V4` or `SERVER_V6` (`v6`); the others match
 /// other ports and hosts.
-pub fn rule_set(rules: usize, prefixes: usize, fault: Fault, v6: bool) -> CompiledRules {
+pub fn rule_set(rules: usize, prefixes: usize, fault: Fault, v6: bool) -> RuleSet {
     rule_set_shaped(rules, prefixes, fault, v6, Shape::Hosts)
 }
 
@@ -56,12 +57,12 @@ pub fn rule_set_shaped(
     fault: Fault,
     v6: bool,
     shape: Shape,
-) -> CompiledRules {
+) -> RuleSet {
     build(rules, prefixes, fault, v6, shape, "udp")
 }
 
 /// [`rule_set`] (IPv4 hosts, drop=0) with rule 0 taking TCP as well as UDP.
-pub fn rule_set_tcp_and_udp(rules: usize, prefixes: usize) -> CompiledRules {
+pub fn rule_set_tcp_and_udp(rules: usize, prefixes: usize) -> RuleSet {
     build(rules, prefixes, Fault::Pass, false, Shape::Hosts, "any")
 }
 
@@ -73,7 +74,7 @@ fn build(
     v6: bool,
     shape: Shape,
     proto: &str,
-) -> CompiledRules {
+) -> RuleSet {
     assert!((1..=64).contains(&rules), "1..=64 rules");
     let server = match (v6, shape) {
         (true, Shape::Hosts) => "2001:db8::2/128",
@@ -141,5 +142,8 @@ fn build(
         ));
     }
     let parsed: Vec<Rule> = texts.iter().map(|t| t.parse().unwrap()).collect();
-    compile(&parsed).expect("the rule set compiles")
+    RuleSetBuilder::new(&Guard::default())
+        .rules(parsed)
+        .build()
+        .expect("the rule set compiles")
 }
