@@ -558,3 +558,7 @@ async fn view(state: &State, name: &str) -> Result<ExperimentView, ApiError> {
         counters,
     })
 }
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;
