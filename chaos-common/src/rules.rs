@@ -312,10 +312,7 @@ impl Ipv4PrefixKey {
     #[inline(always)]
     pub fn new(generation: u8, len: u8, addr: u32) -> Self {
         let len = if len > 32 { 32 } else { len };
-        let mask = match u32::MAX.checked_shl(32 - len as u32) {
-            Some(m) => m,
-            None => 0,
-        };
+        let mask = u32::MAX.checked_shl(32 - len as u32).unwrap_or_default();
         Self {
             generation,
             len,
@@ -341,10 +338,7 @@ impl Ipv6PrefixKey {
     #[inline(always)]
     pub fn new(generation: u8, len: u8, (hi, lo): (u64, u64)) -> Self {
         let len = if len > 128 { 128 } else { len };
-        let ones = |bits: u8| match u64::MAX.checked_shl(64 - bits as u32) {
-            Some(m) => m,
-            None => 0,
-        };
+        let ones = |bits: u8| u64::MAX.checked_shl(64 - bits as u32).unwrap_or_default();
         let (hi_mask, lo_mask) = if len >= 64 {
             (u64::MAX, ones(len - 64))
         } else {

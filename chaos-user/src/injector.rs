@@ -18,10 +18,17 @@ use crate::{
 
 #[derive(Debug, Error)]
 pub enum InjectorError {
+    // Boxed: aya's errors are large, and every call here returns this.
     #[error(transparent)]
-    Datapath(#[from] DatapathError),
+    Datapath(Box<DatapathError>),
     #[error(transparent)]
     Plumbing(#[from] PlumbingError),
+}
+
+impl From<DatapathError> for InjectorError {
+    fn from(e: DatapathError) -> Self {
+        Self::Datapath(Box::new(e))
+    }
 }
 
 /// chaos on one interface of the calling thread's network namespace.

@@ -218,7 +218,9 @@ fn load_error(e: InjectorError) -> InputError {
         InjectorError::Datapath(ref d) if is_permission_error(d) => InputError(format!(
             "{summary}: missing privilege (needs CAP_BPF and CAP_NET_ADMIN)"
         )),
-        InjectorError::Datapath(DatapathError::Load(_) | DatapathError::Program { .. }) => {
+        InjectorError::Datapath(ref d)
+            if matches!(**d, DatapathError::Load(_) | DatapathError::Program { .. }) =>
+        {
             InputError(format!(
                 "this kernel cannot run chaos's TC program (needs BPF, BTF and clsact/TCX): {summary}"
             ))
