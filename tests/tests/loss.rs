@@ -311,6 +311,17 @@ fn ping_sees_the_configured_loss() {
 /// Largest GSO packet on a veth: 64 KiB of 1448-byte segments.
 const MAX_GSO_SEGS: f64 = 46.0;
 
+/// The transfer's size: what its two loss bounds need to mean something at p = 1 %, i.e. to
+/// exclude both no loss and twice the loss.
+/// - Lost segments (the weaker bound): the 4σ slack 4·√(p(1-p)·46·segs) must be below the mean
+///   p·segs, so segs > 16·46·(1-p)/p = 72,864 segments of 1448 bytes, 105 MB.
+/// - Lost packets: 4·√(n·p(1-p)) < n·p needs n > 16·(1-p)/p = 1,584 packets.
+///
+/// 128 MiB is about 93,000 segments (lost segments within 113..1773 of a mean of 940) in about
+/// 2,400 packets of some 40 segments (lost packets within 4..43 of 24), with some 900 resends to
+/// hold RetransSegs against. 1 GiB sent eight times that for no assertion that needed it.
+const TCP_BYTES: u64 = 128 << 20;
+
 #[test]
 fn tcp_bulk_transfer_with_one_percent_loss() {
     let _traffic = heavy_traffic();
@@ -330,8 +341,8 @@ fn tcp_bulk_transfer_with_one_percent_loss() {
         &lab.a,
         &lab.b,
         (SERVER_V4, 5001).into(),
-        1 << 30,
-        Duration::from_secs(300),
+        TCP_BYTES,
+        Duration::from_secs(120),
     );
     let exit = chaos.stop(libc::SIGINT);
     assert_eq!(exit.code, Some(0), "{}", exit.stderr);
