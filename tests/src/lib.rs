@@ -259,6 +259,8 @@ const FINISH_WITHIN: Duration = Duration::from_secs(10);
 pub struct UdpCounter {
     /// Set by `finish`: the quiet period that ends the count.
     finish: Arc<std::sync::OnceLock<Duration>>,
+    /// Datagrams received so far, duplicates included.
+    arrived: Arc<AtomicU64>,
     handle: thread::JoinHandle<Received>,
 }
 
@@ -267,6 +269,8 @@ impl UdpCounter {
     pub fn start(ns: &str, addr: SocketAddr) -> Self {
         let finish = Arc::new(std::sync::OnceLock::new());
         let finish2 = finish.clone();
+        let arrived = Arc::new(AtomicU64::new(0));
+        let arrived2 = arrived.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let handle = spawn_in_netns(ns, move || {
             let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
@@ -290,6 +294,7 @@ impl UdpCounter {
                         let seq = u64::from_be_bytes(buf[..8].try_into().unwrap());
                         let sent_ns = u64::from_be_bytes(buf[8..16].try_into().unwrap());
                         seen.insert(seq);
+                        arrived2.fetch_add(1, Ordering::Relaxed);
                         arrivals.push(Arrival {
                             seq,
                             sent_ns,
@@ -325,7 +330,16 @@ impl UdpCounter {
         });
         rx.recv_timeout(Duration::from_secs(10))
             .expect("receiver did not start");
-        Self { finish, handle }
+        Self {
+            finish,
+            arrived,
+            handle,
+        }
+    }
+
+    /// A live count of the datagrams received so far, e.g. for a sender to stop at the first.
+    pub fn arrived(&self) -> Arc<AtomicU64> {
+        self.arrived.clone()
     }
 
     /// Call once the sender is done. Waits until in-flight datagrams have landed (nothing arrived
@@ -378,6 +392,19 @@ pub fn udp_send_to(
     payload: usize,
     interval: Option<Duration>,
 ) -> u64 {
+    udp_send_until(ns, dsts, count, payload, interval, || false).0
+}
+
+/// Like [`udp_send_to`], stopping early once `done()` holds (asked before each round). Returns
+/// (send errors, rounds sent).
+pub fn udp_send_until(
+    ns: &str,
+    dsts: &[SocketAddr],
+    count: u64,
+    payload: usize,
+    interval: Option<Duration>,
+    done: impl Fn() -> bool + Send + 'static,
+) -> (u64, u64) {
     let dsts = dsts.to_vec();
     in_netns(ns, move || {
         let dst = dsts[0];
@@ -389,7 +416,12 @@ pub fn udp_send_to(
         let mut buf = vec![0u8; payload.max(16)];
         let mut errors = 0;
         let start = Instant::now();
+        let mut rounds = 0;
         for seq in 0..count {
+            if done() {
+                break;
+            }
+            rounds += 1;
             buf[..8].copy_from_slice(&seq.to_be_bytes());
             for dst in &dsts {
                 buf[8..16].copy_from_slice(&monotonic_ns().to_be_bytes());
@@ -406,7 +438,7 @@ pub fn udp_send_to(
                 None => {}
             }
         }
-        errors
+        (errors, rounds)
     })
 }
 

@@ -1,13 +1,13 @@
 //! Faults never outlive their controller: the lease and expiry enforced by the program itself,
 //! and the clean-up of what a killed chaos left behind. Measured with real traffic.
 
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::{net::SocketAddr, process::Command, sync::atomic::Ordering, time::Duration};
 
 use chaos_user::client::Client;
 use hyper::Method;
 use netlab::{
     ChaosProcess, Daemon, IFACE, Lab, QUIET, SERVER_V4, UdpCounter, heavy_traffic, monotonic_ns,
-    udp_send_to,
+    udp_send_to, udp_send_until,
 };
 use serde_json::json;
 
@@ -16,9 +16,9 @@ const DATAGRAM_EVERY: Duration = Duration::from_millis(10);
 /// Datagrams sent before the event, every one of which must be lost: the fault is live.
 const BEFORE: u64 = 30;
 
-/// Sends a datagram every 10 ms to `port`: [`BEFORE`] of them, then runs `event`, then more for
-/// `for_`. Returns when `event` returned and when the first datagram that got through was sent
-/// (None: none did), both by `monotonic_ns`.
+/// Sends a datagram every 10 ms to `port`: [`BEFORE`] of them, then runs `event`, then more until
+/// one gets through, for `for_` at most. Returns when `event` returned and when the first
+/// datagram that got through was sent (None: none did), both by `monotonic_ns`.
 fn first_through(lab: &Lab, port: u16, for_: Duration, event: impl FnOnce()) -> (u64, Option<u64>) {
     let dst: SocketAddr = (SERVER_V4, port).into();
     let rx = UdpCounter::start(&lab.b, dst);
@@ -29,10 +29,10 @@ fn first_through(lab: &Lab, port: u16, for_: Duration, event: impl FnOnce()) -> 
     event();
     let event_done = monotonic_ns();
     let count = (for_.as_millis() / DATAGRAM_EVERY.as_millis()) as u64;
-    assert_eq!(
-        udp_send_to(&lab.a, &[dst], count, 32, Some(DATAGRAM_EVERY)),
-        0
-    );
+    let arrived = rx.arrived();
+    let through = move || arrived.load(Ordering::Relaxed) > 0;
+    let (errors, _) = udp_send_until(&lab.a, &[dst], count, 32, Some(DATAGRAM_EVERY), through);
+    assert_eq!(errors, 0);
     let r = rx.finish_after(QUIET);
     let before: Vec<_> = r
         .arrivals
