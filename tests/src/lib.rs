@@ -15,7 +15,7 @@ use std::{
     process::{Child, ChildStdout, Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -181,25 +181,19 @@ pub fn udp_receive_errors() -> u64 {
 /// CLOCK_MONOTONIC in ns: the clock of datagram send stamps, shared by every namespace of a
 /// kernel, and of fq's departure times.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    clock_ns(rustix::time::ClockId::Monotonic)
 }
 
 /// CPU time of the calling thread in ns (CLOCK_THREAD_CPUTIME_ID).
 pub fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer; the clock always exists.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime: {}", io::Error::last_os_error());
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    clock_ns(rustix::time::ClockId::ThreadCPUTime)
+}
+
+/// The one place this crate reads a clock by id (both ids always exist, so rustix cannot fail).
+fn clock_ns(id: rustix::time::ClockId) -> u64 {
+    let ts = rustix::time::clock_gettime(id);
+    let (secs, nanos) = (u64::try_from(ts.tv_sec), u64::try_from(ts.tv_nsec));
+    secs.expect("clock before its epoch") * 1_000_000_000 + nanos.expect("tv_nsec is 0..1e9")
 }
 
 /// CPU time the whole host has spent busy (user, nice, system, irq and softirq over every CPU,
@@ -233,10 +227,12 @@ pub fn ifindex(iface: &str) -> u32 {
     index
 }
 
-/// One datagram as received: its sequence number and one-way latency.
+/// One datagram as received: its sequence number, send time and one-way latency.
 #[derive(Clone, Copy, Debug)]
 pub struct Arrival {
     pub seq: u64,
+    /// When it was sent, by [`monotonic_ns`].
+    pub sent_ns: u64,
     pub latency: Duration,
 }
 
@@ -251,21 +247,36 @@ pub struct Received {
     pub errors: u64,
 }
 
+/// How long the receiver must have seen nothing, once the sender is done, before everything in
+/// flight counts as landed. On a veth pair a datagram lands within microseconds of its send (the
+/// peer's softirq runs it at once); this is the margin for a loaded machine.
+pub const QUIET: Duration = Duration::from_millis(100);
+
+/// How long after [`UdpCounter::finish`] datagrams may keep arriving before the test fails.
+const FINISH_WITHIN: Duration = Duration::from_secs(10);
+
 /// Counts distinct datagrams (by sequence number) arriving on a socket, and records when.
 pub struct UdpCounter {
-    stop: Arc<AtomicBool>,
+    /// Set by `finish`: the quiet period that ends the count.
+    finish: Arc<std::sync::OnceLock<Duration>>,
+    /// Datagrams received so far, duplicates included.
+    arrived: Arc<AtomicU64>,
     handle: thread::JoinHandle<Received>,
 }
 
 impl UdpCounter {
     /// Binds `addr` in namespace `ns` and counts until [`UdpCounter::finish`].
     pub fn start(ns: &str, addr: SocketAddr) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
+        let finish = Arc::new(std::sync::OnceLock::new());
+        let finish2 = finish.clone();
+        let arrived = Arc::new(AtomicU64::new(0));
+        let arrived2 = arrived.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let handle = spawn_in_netns(ns, move || {
             let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
             set_rcvbuf(&sock, 32 << 20);
+            // The end of a quiet period is seen within this; as before, so the receiver wakes no
+            // more often than it did (the VM's delay tests run it under emulation).
             sock.set_read_timeout(Some(Duration::from_millis(50)))
                 .unwrap();
             let errors_before = udp_receive_errors();
@@ -273,16 +284,22 @@ impl UdpCounter {
             let mut seen = std::collections::HashSet::new();
             let mut arrivals = Vec::new();
             let mut buf = [0u8; 2048];
+            let mut last = Instant::now();
+            // When finish was first seen: the quiet period counts from then or a later arrival.
+            let mut finishing: Option<(Instant, Duration)> = None;
             loop {
                 match sock.recv(&mut buf) {
                     Ok(n) if n >= 16 => {
                         let now = monotonic_ns();
+                        last = Instant::now();
                         let seq = u64::from_be_bytes(buf[..8].try_into().unwrap());
-                        let sent = u64::from_be_bytes(buf[8..16].try_into().unwrap());
+                        let sent_ns = u64::from_be_bytes(buf[8..16].try_into().unwrap());
                         seen.insert(seq);
+                        arrived2.fetch_add(1, Ordering::Relaxed);
                         arrivals.push(Arrival {
                             seq,
-                            latency: Duration::from_nanos(now.saturating_sub(sent)),
+                            sent_ns,
+                            latency: Duration::from_nanos(now.saturating_sub(sent_ns)),
                         });
                     }
                     Ok(_) => {}
@@ -290,13 +307,20 @@ impl UdpCounter {
                         if matches!(
                             e.kind(),
                             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        if stop2.load(Ordering::Relaxed) {
-                            break;
-                        }
-                    }
+                        ) => {}
                     Err(e) => panic!("recv: {e}"),
+                }
+                if finishing.is_none() {
+                    finishing = finish2.get().map(|quiet| (Instant::now(), *quiet));
+                }
+                if let Some((since, quiet)) = finishing {
+                    if last.max(since).elapsed() >= quiet {
+                        break;
+                    }
+                    assert!(
+                        since.elapsed() < FINISH_WITHIN,
+                        "datagrams to {addr} still arriving {FINISH_WITHIN:?} after the sender finished"
+                    );
                 }
             }
             Received {
@@ -307,20 +331,32 @@ impl UdpCounter {
         });
         rx.recv_timeout(Duration::from_secs(10))
             .expect("receiver did not start");
-        Self { stop, handle }
+        Self {
+            finish,
+            arrived,
+            handle,
+        }
     }
 
-    /// Waits until in-flight datagrams have landed, then returns
+    /// A live count of the datagrams received so far, e.g. for a sender to stop at the first.
+    pub fn arrived(&self) -> Arc<AtomicU64> {
+        self.arrived.clone()
+    }
+
+    /// Call once the sender is done. Waits until in-flight datagrams have landed (nothing arrived
+    /// for [`QUIET`]), then returns
     /// (distinct datagrams received, kernel UDP receive errors in the namespace meanwhile).
     pub fn finish(self) -> (u64, u64) {
-        let r = self.finish_after(Duration::from_millis(200));
+        let r = self.finish_after(QUIET);
         (r.distinct, r.errors)
     }
 
-    /// Waits `linger` for datagrams still held (e.g. by a delay), then returns everything seen.
-    pub fn finish_after(self, linger: Duration) -> Received {
-        thread::sleep(linger);
-        self.stop.store(true, Ordering::Relaxed);
+    /// Call once the sender is done. Waits until nothing has arrived for `quiet` (at least
+    /// [`QUIET`]; longer for datagrams still held, e.g. by a delay), then returns everything seen.
+    pub fn finish_after(self, quiet: Duration) -> Received {
+        self.finish
+            .set(quiet.max(QUIET))
+            .expect("finish is called once");
         self.handle.join().expect("receiver panicked")
     }
 }
@@ -357,6 +393,19 @@ pub fn udp_send_to(
     payload: usize,
     interval: Option<Duration>,
 ) -> u64 {
+    udp_send_until(ns, dsts, count, payload, interval, || false).0
+}
+
+/// Like [`udp_send_to`], stopping early once `done()` holds (asked before each round). Returns
+/// (send errors, rounds sent).
+pub fn udp_send_until(
+    ns: &str,
+    dsts: &[SocketAddr],
+    count: u64,
+    payload: usize,
+    interval: Option<Duration>,
+    done: impl Fn() -> bool + Send + 'static,
+) -> (u64, u64) {
     let dsts = dsts.to_vec();
     in_netns(ns, move || {
         let dst = dsts[0];
@@ -368,7 +417,12 @@ pub fn udp_send_to(
         let mut buf = vec![0u8; payload.max(16)];
         let mut errors = 0;
         let start = Instant::now();
+        let mut rounds = 0;
         for seq in 0..count {
+            if done() {
+                break;
+            }
+            rounds += 1;
             buf[..8].copy_from_slice(&seq.to_be_bytes());
             for dst in &dsts {
                 buf[8..16].copy_from_slice(&monotonic_ns().to_be_bytes());
@@ -385,7 +439,7 @@ pub fn udp_send_to(
                 None => {}
             }
         }
-        errors
+        (errors, rounds)
     })
 }
 
@@ -489,7 +543,52 @@ pub struct ChaosProcess {
     stdout: Option<ChildStdout>,
     pub stderr_lines: Vec<String>,
     /// What stderr says after the ready line.
-    later_stderr: Arc<std::sync::Mutex<Vec<String>>>,
+    later_stderr: Arc<StderrLog>,
+}
+
+/// Lines a process writes to stderr, kept as they come, and whether its stderr has ended.
+#[derive(Default)]
+struct StderrLog {
+    state: std::sync::Mutex<(Vec<String>, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl StderrLog {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<String>, bool)> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut (Vec<String>, bool))) {
+        f(&mut self.lock());
+        self.changed.notify_all();
+    }
+
+    /// Waits up to `timeout` for `done` to hold over (lines, ended); returns the lines and
+    /// whether it held.
+    fn wait_until(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&[String], bool) -> bool,
+    ) -> (Vec<String>, bool) {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        loop {
+            if done(&state.0, state.1) {
+                return (state.0.clone(), true);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || state.1 {
+                return (state.0.clone(), false);
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
 }
 
 /// What a `chaos` process left when it ended.
@@ -583,13 +682,26 @@ impl ChaosProcess {
         let later = me.later_stderr.clone();
         thread::spawn(move || {
             for line in rx {
-                later
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push(line);
+                later.update(|(lines, _)| lines.push(line));
             }
+            // The pipe's end (the reader dropped its sender): every line is in `later`.
+            later.update(|(_, ended)| *ended = true);
         });
         me
+    }
+
+    /// Waits up to `timeout` for a stderr line (after the ready line) containing `text`, and
+    /// returns it; panics with everything said so far if none comes.
+    pub fn wait_for_stderr(&self, text: &str, timeout: Duration) -> String {
+        let (lines, found) = self
+            .later_stderr
+            .wait_until(timeout, |lines, _| lines.iter().any(|l| l.contains(text)));
+        assert!(
+            found,
+            "chaos did not say {text:?} within {timeout:?}; it said:\n{}",
+            lines.join("\n")
+        );
+        lines.into_iter().find(|l| l.contains(text)).unwrap()
     }
 
     pub fn pid(&self) -> i32 {
@@ -606,38 +718,55 @@ impl ChaosProcess {
 
     /// Waits up to `timeout` for the process to exit by itself.
     pub fn wait(mut self, timeout: Duration) -> ChaosExit {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chaos did not exit within {timeout:?}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        };
+        assert!(
+            wait_for_exit(self.pid(), timeout),
+            "chaos did not exit within {timeout:?}"
+        );
+        // It has exited: this reaps it at once.
+        let status = self.child.wait().unwrap();
         let mut stdout = String::new();
         if let Some(mut out) = self.stdout.take() {
             out.read_to_string(&mut stdout).unwrap();
         }
+        // Its stderr closed with it: wait for the reader to take the last lines from the pipe.
+        let (later, ended) = self
+            .later_stderr
+            .wait_until(Duration::from_secs(10), |_, ended| ended);
+        assert!(ended, "chaos's stderr still open after it exited");
         ChaosExit {
             code: status.code(),
             stdout,
-            stderr: {
-                // Give the reader a moment to take the last lines from the closed pipe.
-                thread::sleep(Duration::from_millis(50));
-                let later = self
-                    .later_stderr
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                self.stderr_lines
-                    .iter()
-                    .chain(later.iter())
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            },
+            stderr: self
+                .stderr_lines
+                .iter()
+                .chain(later.iter())
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
+/// Waits up to `timeout` for our child `pid` to exit, without reaping it: its pidfd becomes
+/// readable then. Returns whether it exited.
+pub fn wait_for_exit(pid: i32, timeout: Duration) -> bool {
+    use rustix::{
+        event::{PollFd, PollFlags, Timespec, poll},
+        io::Errno,
+        process::{Pid, PidfdFlags, pidfd_open},
+    };
+    let pid = Pid::from_raw(pid).expect("a child's PID is positive");
+    let fd = pidfd_open(pid, PidfdFlags::empty()).expect("pidfd_open");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let left = Timespec::try_from(left).expect("timeout fits a timespec");
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        match poll(&mut fds, Some(&left)) {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(Errno::INTR) => {}
+            Err(e) => panic!("poll on a pidfd: {e}"),
         }
     }
 }
@@ -660,6 +789,8 @@ impl Drop for ChaosProcess {
 pub struct Daemon {
     pub socket: PathBuf,
     process: ChaosProcess,
+    /// Holds the socket; removed on drop, after `process` (fields drop in order).
+    _dir: tempfile::TempDir,
 }
 
 /// Line the daemon prints on stderr once its API answers.
@@ -668,14 +799,17 @@ pub const DAEMON_READY: &str = "chaos: daemon listening on";
 impl Daemon {
     /// Starts `chaos daemon` with `args` on a fresh socket and waits until it listens.
     pub fn start(args: &[&str]) -> Self {
-        let n = LAB_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let socket =
-            std::env::temp_dir().join(format!("chaos-test-{}-{n}.sock", std::process::id()));
+        let dir = tempfile::Builder::new()
+            .prefix("chaos-test-")
+            .tempdir()
+            .expect("a temporary directory for the daemon's socket");
+        let socket = dir.path().join("chaos.sock");
         let mut all = vec!["daemon", "--socket", socket.to_str().unwrap()];
         all.extend_from_slice(args);
         Self {
             process: ChaosProcess::spawn(&all, DAEMON_READY),
             socket,
+            _dir: dir,
         }
     }
 
@@ -693,6 +827,16 @@ impl Daemon {
     /// Stops the daemon with SIGTERM and returns how it ended.
     pub fn stop(self) -> ChaosExit {
         self.process.stop(libc::SIGTERM)
+    }
+
+    /// Kills the daemon with SIGKILL; returns once it is dead and reaped.
+    pub fn kill(self) -> ChaosExit {
+        self.process.stop(libc::SIGKILL)
+    }
+
+    /// See [`ChaosProcess::wait_for_stderr`].
+    pub fn wait_for_stderr(&self, text: &str, timeout: Duration) -> String {
+        self.process.wait_for_stderr(text, timeout)
     }
 
     /// Runs a `chaos` client command against this daemon.

@@ -121,7 +121,7 @@ fn a_duration_reverts_by_itself() {
     let ns = lab.a.clone();
     let sending_from = applied.elapsed();
     netlab::udp_send_to(&ns, &[dst], 400, 32, Some(Duration::from_millis(10)));
-    let received = rx.finish_after(Duration::from_millis(200));
+    let received = rx.finish_after(netlab::QUIET);
     let first = received
         .arrivals
         .iter()
@@ -331,9 +331,8 @@ fn malformed_requests_change_nothing() {
 #[test]
 fn config_file_and_sighup() {
     let lab = Lab::new("dcfg");
-    let dir = std::env::temp_dir().join(format!("chaos-cfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("chaos.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("chaos.toml");
     let write = |port: u16, extra: &str| {
         std::fs::write(
             &config,
@@ -349,7 +348,7 @@ fn config_file_and_sighup() {
     let bad = netlab::chaos_output(&[
         "daemon",
         "--socket",
-        dir.join("x.sock").to_str().unwrap(),
+        dir.path().join("x.sock").to_str().unwrap(),
         "--config",
         config.to_str().unwrap(),
     ]);
@@ -369,16 +368,25 @@ fn config_file_and_sighup() {
     // A broken file on SIGHUP: the running set stays.
     std::fs::write(&config, "[[experiment]]\nname = \"from-file\"\n").unwrap();
     d.signal(libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(500));
+    d.wait_for_stderr("reload refused", Duration::from_secs(10));
+    assert_eq!(
+        call(&d, Method::GET, "/v1/experiments/from-file", None).unwrap()["rules"],
+        json!(["proto=udp dport=9000 drop=100%"]),
+        "the running experiment unchanged"
+    );
     assert_eq!(
         delivered(&lab, (SERVER_V4, 9000).into(), 200),
         0,
         "old rules kept after a bad reload"
     );
-    // A good one: replaced whole.
+    // A good one: replaced whole. The view changes once the new rule set is live.
     write(9001, "");
     d.signal(libc::SIGHUP);
-    std::thread::sleep(Duration::from_millis(500));
+    let new_rules = json!(["proto=udp dport=9001 drop=100%"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call(&d, Method::GET, "/v1/experiments/from-file", None).unwrap()["rules"] != new_rules {
+        assert!(Instant::now() < deadline, "SIGHUP not handled within 10 s");
+    }
     assert_eq!(
         delivered(&lab, (SERVER_V4, 9000).into(), 200),
         200,
@@ -396,7 +404,6 @@ fn config_file_and_sighup() {
         "the bad reload was logged: {}",
         exit.stderr
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -543,9 +550,8 @@ fn tcp_get(addr: SocketAddr, path: &str, token: Option<&str>) -> u16 {
 
 #[test]
 fn tcp_listener_needs_the_token() {
-    let dir = std::env::temp_dir().join(format!("chaos-token-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token_file = dir.join("token");
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
     let token = "0123456789abcdef-test-token";
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     // A free port on loopback for the daemon's listener.
@@ -576,7 +582,6 @@ fn tcp_listener_needs_the_token() {
         "--listen without --token-file: {}",
         no_token.stderr
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -587,16 +592,14 @@ fn completions_and_man_pages() {
         bash.stdout.contains("_chaos") && bash.stdout.contains("daemon"),
         "bash completion"
     );
-    let dir = std::env::temp_dir().join(format!("chaos-man-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let man = netlab::chaos_output(&["man", dir.to_str().unwrap()]);
+    let dir = tempfile::tempdir().unwrap();
+    let man = netlab::chaos_output(&["man", dir.path().to_str().unwrap()]);
     assert_eq!(man.code, Some(0), "{}", man.stderr);
     for page in ["chaos.1", "chaos-run.1", "chaos-daemon.1", "chaos-apply.1"] {
-        let text =
-            std::fs::read_to_string(dir.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        let text = std::fs::read_to_string(dir.path().join(page))
+            .unwrap_or_else(|e| panic!("{page}: {e}"));
         assert!(text.contains(".TH"), "{page} is a man page");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -607,9 +610,8 @@ fn guard_rails_dry_run_and_the_duration_cap() {
         .local_addr()
         .unwrap()
         .port();
-    let dir = std::env::temp_dir().join(format!("chaos-guard-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token = dir.join("token");
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
     std::fs::write(&token, "0123456789abcdef0123").unwrap();
     let listen = format!("127.0.0.1:{port}");
     let d = Daemon::start(&[
@@ -690,5 +692,4 @@ fn guard_rails_dry_run_and_the_duration_cap() {
         (300, 0)
     );
     assert_eq!(d.stop().code, Some(0));
-    std::fs::remove_dir_all(&dir).unwrap();
 }

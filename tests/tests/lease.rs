@@ -1,41 +1,55 @@
 //! Faults never outlive their controller: the lease and expiry enforced by the program itself,
 //! and the clean-up of what a killed chaos left behind. Measured with real traffic.
 
-use std::{
-    net::SocketAddr,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, process::Command, sync::atomic::Ordering, time::Duration};
 
 use chaos_user::client::Client;
 use hyper::Method;
-use netlab::{ChaosProcess, Daemon, IFACE, Lab, SERVER_V4, UdpCounter, heavy_traffic, udp_send_to};
+use netlab::{
+    ChaosProcess, Daemon, IFACE, Lab, QUIET, SERVER_V4, UdpCounter, heavy_traffic, monotonic_ns,
+    udp_send_to, udp_send_until,
+};
 use serde_json::json;
 
 const DATAGRAM_EVERY: Duration = Duration::from_millis(10);
 
-/// Sends a datagram every 10 ms for `for_` while `during` runs at the start, and returns how long
-/// after `during` returned traffic first got through (None: it never did).
-fn recovery_after(lab: &Lab, port: u16, for_: Duration, during: impl FnOnce()) -> Option<Duration> {
+/// Datagrams sent before the event, every one of which must be lost: the fault is live.
+const BEFORE: u64 = 30;
+
+/// Sends a datagram every 10 ms to `port`: [`BEFORE`] of them, then runs `event`, then more until
+/// one gets through, for `for_` at most. Returns when `event` returned and when the first
+/// datagram that got through was sent (None: none did), both by `monotonic_ns`.
+fn first_through(lab: &Lab, port: u16, for_: Duration, event: impl FnOnce()) -> (u64, Option<u64>) {
     let dst: SocketAddr = (SERVER_V4, port).into();
     let rx = UdpCounter::start(&lab.b, dst);
+    assert_eq!(
+        udp_send_to(&lab.a, &[dst], BEFORE, 32, Some(DATAGRAM_EVERY)),
+        0
+    );
+    event();
+    let event_done = monotonic_ns();
     let count = (for_.as_millis() / DATAGRAM_EVERY.as_millis()) as u64;
-    let ns = lab.a.clone();
-    let sender =
-        std::thread::spawn(move || udp_send_to(&ns, &[dst], count, 32, Some(DATAGRAM_EVERY)));
-    // Let a few datagrams go (and be dropped) before the event.
-    std::thread::sleep(Duration::from_millis(300));
-    let event_seq = 30;
-    during();
-    assert_eq!(sender.join().unwrap(), 0);
-    let r = rx.finish_after(Duration::from_millis(200));
-    let first = r.arrivals.iter().map(|a| a.seq).min()?;
-    Some(DATAGRAM_EVERY * first.saturating_sub(event_seq) as u32)
+    let arrived = rx.arrived();
+    let through = move || arrived.load(Ordering::Relaxed) > 0;
+    let (errors, _) = udp_send_until(&lab.a, &[dst], count, 32, Some(DATAGRAM_EVERY), through);
+    assert_eq!(errors, 0);
+    let r = rx.finish_after(QUIET);
+    let before: Vec<_> = r
+        .arrivals
+        .iter()
+        .filter(|a| a.sent_ns < event_done)
+        .collect();
+    assert!(
+        before.is_empty(),
+        "got through before the event: {before:?}"
+    );
+    (event_done, r.arrivals.iter().map(|a| a.sent_ns).min())
 }
 
-fn sigkill(pid: i32) {
-    // SAFETY: kill(2) on a child we started and have not reaped.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+/// How long after `event` returned traffic first got through, to within one datagram's 10 ms.
+fn recovery_after(lab: &Lab, port: u16, for_: Duration, event: impl FnOnce()) -> Option<Duration> {
+    let (event_done, first) = first_through(lab, port, for_, event);
+    Some(Duration::from_nanos(first? - event_done))
 }
 
 fn tc_filters(ns: &str) -> String {
@@ -63,12 +77,13 @@ fn killed_daemon_stops_injecting_at_once() {
         .unwrap()
         .block_on(Client::new(&d.socket).call(Method::POST, "/v1/experiments", Some(&body)))
         .unwrap();
-    let pid = d.pid();
-    let back = recovery_after(&lab, 9000, Duration::from_secs(4), || sigkill(pid))
-        .expect("traffic flows again");
+    // Measured from when the daemon is dead and reaped.
+    let back = recovery_after(&lab, 9000, Duration::from_secs(4), || {
+        d.kill();
+    })
+    .expect("traffic flows again");
     eprintln!("kill -9 of the daemon (TCX, lease 2 s): traffic flowed again after {back:?}");
     assert!(back <= Duration::from_secs(3), "{back:?} > lease + 1 s");
-    drop(d);
 }
 
 /// A netlink cls_bpf filter outlives its process: the lease is what ends its faults.
@@ -89,14 +104,15 @@ fn killed_run_with_an_orphaned_filter_stops_at_the_lease() {
         "--rule",
         "proto=udp dport=9000 drop=100%",
     ]);
-    let pid = chaos.pid();
-    let back = recovery_after(&lab, 9000, Duration::from_secs(4), || sigkill(pid))
-        .expect("traffic flows again");
+    // Measured from when chaos is dead and reaped.
+    let back = recovery_after(&lab, 9000, Duration::from_secs(4), || {
+        chaos.stop(libc::SIGKILL);
+    })
+    .expect("traffic flows again");
     eprintln!(
         "kill -9 of chaos run (netlink filter orphaned, lease 1 s): traffic flowed again after {back:?}"
     );
     assert!(back <= Duration::from_secs(2), "{back:?} > lease + 1 s");
-    drop(chaos);
     assert!(
         tc_filters(&lab.a).contains("chaos_egress"),
         "the filter was orphaned"
@@ -130,18 +146,16 @@ fn stopped_daemon_still_ends_the_experiment_on_time() {
         "name": "short", "iface": IFACE, "netns": lab.a, "duration": "2s",
         "rules": ["proto=udp dport=9000 drop=100%"],
     });
-    let applied = Instant::now();
+    let applied = monotonic_ns();
     tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(Client::new(&d.socket).call(Method::POST, "/v1/experiments", Some(&body)))
         .unwrap();
     d.signal(libc::SIGSTOP);
-    let stopped_at = applied.elapsed();
-    let back = recovery_after(&lab, 9000, Duration::from_secs(4), || {});
+    let (_, first) = first_through(&lab, 9000, Duration::from_secs(4), || {});
     d.signal(libc::SIGCONT);
-    let back = back.expect("traffic flows again while the daemon is stopped");
-    // recovery_after counts from 300 ms into its run.
-    let since_apply = stopped_at + Duration::from_millis(300) + back;
+    let first = first.expect("traffic flows again while the daemon is stopped");
+    let since_apply = Duration::from_nanos(first - applied);
     eprintln!(
         "SIGSTOP'd daemon, duration=2s: traffic flowed again {since_apply:?} after the experiment was applied"
     );
@@ -168,8 +182,7 @@ fn a_new_daemon_removes_what_a_killed_one_left() {
         "--rule",
         "proto=udp dport=9000 drop=100%",
     ]);
-    sigkill(chaos.pid());
-    drop(chaos);
+    chaos.stop(libc::SIGKILL);
     assert!(tc_filters(&lab.a).contains("chaos_egress"), "left behind");
     let d = Daemon::start(&[]);
     assert!(
