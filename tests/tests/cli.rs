@@ -181,6 +181,59 @@ fn refused(lab: &Lab, prefix: &[&str], args: &[&str], message: &str) {
 }
 
 #[test]
+fn durations_where_zero_makes_no_sense_are_refused() {
+    // Once `chaos daemon --lease 0s` ran with no lease at all (its worker spinning on a zero
+    // timeout) and `chaos run --lease 2ns` panicked with exit status 101.
+    let lab = Lab::new("dur");
+    let run = |extra: &[&str]| {
+        let args = [
+            &["run", "--netns", lab.a.as_str(), "--iface", IFACE],
+            &["--rule", "proto=udp drop=1"][..],
+            extra,
+        ]
+        .concat();
+        chaos_output(&args)
+    };
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--lease", "2ns"],
+            "2ns is shorter than the minimum 100ms (the lease is renewed every third of it)",
+        ),
+        (&["--lease", "0s"], "0s is shorter than the minimum 100ms"),
+        (
+            &["--duration", "0s"],
+            "0s is shorter than the minimum 1ns (a zero-length fault does nothing)",
+        ),
+        (
+            &["--duration", "soon"],
+            "'soon' is not a duration (examples: 200us, 50ms, 1.5s, 5m, 1h30m)",
+        ),
+    ];
+    for (extra, message) in cases {
+        let exit = run(extra);
+        assert_eq!(exit.code, Some(2), "{extra:?}: {}", exit.stderr);
+        assert!(exit.stderr.contains(message), "{extra:?}: {}", exit.stderr);
+        assert_eq!(
+            tcx_programs(&lab.a),
+            [Vec::<String>::new(), Vec::new()],
+            "{extra:?} attached something"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("chaos.sock");
+    let socket = socket.to_str().unwrap();
+    for (lease, message) in [
+        ("0s", "0s is shorter than the minimum 100ms"),
+        ("2ns", "2ns is shorter than the minimum 100ms"),
+    ] {
+        let exit = chaos_output(&["daemon", "--socket", socket, "--lease", lease]);
+        assert_eq!(exit.code, Some(2), "--lease {lease}: {}", exit.stderr);
+        assert!(exit.stderr.contains(message), "{}", exit.stderr);
+        assert!(!std::path::Path::new(socket).exists(), "the daemon started");
+    }
+}
+
+#[test]
 fn bad_input_is_refused_with_status_2() {
     let lab = Lab::new("bad");
     let base = ["--netns", lab.a.as_str(), "--iface", IFACE];

@@ -8,7 +8,7 @@ use chaos_user::{
     rule::{Direction, Rule},
     ruleset::RuleSetBuilder,
 };
-use netlab::assert_binomial;
+use netlab::{assert_binomial, monotonic_ns};
 
 /// TC_ACT_UNSPEC: no decision, the next program or filter runs.
 const PASS: u32 = u32::MAX;
@@ -542,20 +542,6 @@ fn drop_probability_per_packet_and_per_gso_packet() {
     );
     assert_binomial("test_run GSO drop=30%", c.dropped_pkts, c.matched_pkts, 0.3);
     assert_eq!(c.dropped_segs, 40 * c.dropped_pkts);
-}
-
-/// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns and of fq's departure times.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
-        0
-    );
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 const MS: i64 = 1_000_000;
