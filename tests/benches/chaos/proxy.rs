@@ -653,20 +653,21 @@ pub fn run(ctx: &Ctx) -> Section {
         "vs proxy added host CPU",
         "chaos's host CPU per byte added over the direct path ≤ 1/10 of the proxy's",
         format!(
-            "chaos {} ns/KiB{} [{}–{}], socat {} ns/KiB [{}–{}]: {} of socat's (A/A noise {} \
-             ns/KiB; {resolution}; direct path {} ns/KiB)",
+            "chaos {} ns/KiB [{}–{}]{}, socat {} ns/KiB [{}–{}]: chaos/socat {} (goal ≤ {}; \
+             A/A noise {} ns/KiB; {resolution}; direct path {} ns/KiB)",
             signed(chaos_cpu_med),
+            signed(chaos_cpu_lo),
+            signed(chaos_cpu_hi),
             if cpu_within_noise {
                 " (within noise)"
             } else {
                 ""
             },
-            signed(chaos_cpu_lo),
-            signed(chaos_cpu_hi),
             signed(proxy_cpu_med),
             signed(proxy_cpu_lo),
             signed(proxy_cpu_hi),
             f(added_ratio, 3),
+            f(CPU_SHARE_GOAL, 2),
             f(cpu_noise, 0),
             f(median(&cpu_per_kib[idx(Path::Direct)]), 0),
         ),
