@@ -33,11 +33,11 @@ enum Task {
     },
     /// Build, then show chaos dropping packets to one port of one host in a sandbox.
     Demo,
-    /// Bootstrap, build (release), then measure cost, scale and fidelity against a no-op
-    /// program, a userspace proxy and netem; writes bench/latest.json and bench/latest.md.
+    /// Bootstrap, build (release), then measure cost, scale, fidelity and kernel memory against
+    /// a no-op program, a userspace proxy and netem; writes bench/latest.json and bench/latest.md.
     Bench {
         /// Arguments for the bench: `--quick` (fewer rounds, not for publishing), `--only
-        /// micro,live,e2e,proxy,fidelity,vm,control`, `--out DIR`.
+        /// micro,live,e2e,proxy,fidelity,vm,control,memory`, `--out DIR`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },

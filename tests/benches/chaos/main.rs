@@ -15,6 +15,7 @@ mod control;
 mod e2e;
 mod fidelity;
 mod live;
+mod memory;
 mod micro;
 mod plot;
 mod proxy;
@@ -50,6 +51,7 @@ const SECTIONS: &[(&str, SectionFn)] = &[
     ("fidelity", fidelity::run),
     ("vm", vm::run),
     ("control", control::run),
+    ("memory", memory::run),
 ];
 
 fn main() {

@@ -6,14 +6,15 @@
 //! to round:
 //! - `direct`: straight to the servers;
 //! - `direct-again`: the same, a second time: the A/A control, whose difference from `direct`
-//!   is the noise floor of the latency figures;
+//!   is the noise floor of the latency and host CPU figures;
 //! - `chaos`: straight to the servers with chaos's program on a's veth0 egress (TCX) and a rule
 //!   matching the flow that does nothing (`proto=tcp dport=9101-9102 dst=198.18.0.2/32
 //!   drop=0`): what chaos costs a flow it is set up for, attached only for this path;
 //! - `proxy`: to socat listening in a on 198.18.0.1:9201 and 9202, forwarding to the servers.
 //!
-//! Throughput: per round, one bulk transfer per path (bytes/s from the first write until the
-//! sink has closed after reading everything). Latency: one 64-byte request/response
+//! Throughput and host CPU: per round, one bulk transfer per path (bytes/s from the first write
+//! until the sink has closed after reading everything; the whole host's busy CPU time over it,
+//! per KiB). Latency: one 64-byte request/response
 //! connection per path with TCP_NODELAY, held for the whole run, and many short slices of round
 //! trips, the paths interleaved within each slice, so a disturbance from the rest of the
 //! machine hits all four alike.
@@ -29,9 +30,14 @@
 //! "noise_us": median over slices of |direct-again - direct| (slice medians), "aa_us": [min,
 //! max] of direct-again - direct, "throughput_ratio": { "chaos_over_proxy"|
 //! "chaos_over_direct"|"proxy_over_direct": { "median", "rounds": [..] } },
-//! "host_cpu_ratio_proxy_over_chaos" }`. Added latency
+//! "host_cpu_ratio_proxy_over_chaos", "added_host_cpu_ns_per_kib": { "chaos"|"proxy": {
+//! "median", "ci95": [lo, hi], "rounds": [..] }, "direct-again": { "median", "rounds" } },
+//! "host_cpu_noise_ns_per_kib": median over rounds of |direct-again - direct|,
+//! "host_cpu_tick_ns_per_kib": one /proc/stat tick per KiB of a transfer,
+//! "added_host_cpu_chaos_over_proxy": ratio of the medians }`. Added latency
 //! is, within a slice, the path's median (or p99) RTT minus the mean of the two direct runs';
-//! the figures are medians over slices.
+//! the figures are medians over slices. Added host CPU per KiB is likewise, within a round, the
+//! path's figure minus the mean of the two direct runs'; the figures are medians over rounds.
 
 use std::{
     io::{self, Read as _, Write as _},
@@ -59,7 +65,7 @@ use serde_json::{Value, json};
 use crate::{
     Ctx,
     report::{Section, Table},
-    stats::{f, median, min_max, percentile},
+    stats::{f, median, median_ci, min_max, percentile},
 };
 
 const ID: &str = "proxy";
@@ -74,6 +80,8 @@ const MESSAGE: usize = 64;
 const SOCAT_BUFFER: usize = 64 << 10;
 /// Bounds every traffic loop and every socket wait.
 const LIMIT: Duration = Duration::from_secs(60);
+/// The CPU target: chaos's added host CPU per byte at most this share of the proxy's.
+const CPU_SHARE_GOAL: f64 = 0.1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Path {
@@ -349,6 +357,11 @@ fn summary(v: &[f64]) -> Value {
     json!({ "median": median(v), "rounds": v })
 }
 
+/// `+12` or `-3`: an added figure in whole units, with its sign.
+fn signed(x: f64) -> String {
+    format!("{x:+.0}")
+}
+
 /// chaos's program, attached only while the chaos path runs.
 struct Chaos {
     slot: Option<Datapath>,
@@ -456,12 +469,13 @@ pub fn run(ctx: &Ctx) -> Section {
         for k in 0..PATHS.len() {
             let pi = (k + round) % PATHS.len();
             let path = PATHS[pi];
-            let mut rate = 0.0;
-            let busy = host_busy_ns();
+            let (mut rate, mut busy) = (0.0, 0);
             on_path(path, &mut || {
-                rate = bulk(&lab.a, path.addrs().0, bulk_bytes)
+                let before = host_busy_ns();
+                rate = bulk(&lab.a, path.addrs().0, bulk_bytes);
+                busy = host_busy_ns() - before;
             });
-            cpu_per_kib[pi].push((host_busy_ns() - busy) as f64 / (bulk_bytes >> 10) as f64);
+            cpu_per_kib[pi].push(busy as f64 / (bulk_bytes >> 10) as f64);
             eprintln!(
                 "bench:   proxy bulk round {round} {}: {:.2} Gbit/s",
                 path.id(),
@@ -515,9 +529,9 @@ pub fn run(ctx: &Ctx) -> Section {
             .map(|(x, y)| x / y)
             .collect()
     };
-    // Within each slice: the path's figure minus the mean of the two direct runs'.
+    // Within each slice (or round): the path's figure minus the mean of the two direct runs'.
     let added = |p: Path, per: &PerPath<f64>| -> Vec<f64> {
-        (0..slices)
+        (0..per[idx(p)].len())
             .map(|s| {
                 per[idx(p)][s] - (per[idx(Path::Direct)][s] + per[idx(Path::DirectAgain)][s]) / 2.0
             })
@@ -532,12 +546,16 @@ pub fn run(ctx: &Ctx) -> Section {
     let noise = median(&aa.iter().map(|d| d.abs()).collect::<Vec<_>>());
     let (aa_lo, aa_hi) = min_max(&aa);
 
+    // SAFETY: plain libc query.
+    let tick_ns = 1_000_000_000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     let mut section = Section::new(ID, TITLE);
     let mut paths_json = serde_json::Map::new();
     let mut added_json = serde_json::Map::new();
     let mut table = Table::new(
         &format!(
-            "Per path: throughput median over {bulk_rounds} rounds; RTT over {} round trips \
+            "Per path: throughput and host CPU median over {bulk_rounds} rounds (added: \
+             median over rounds of the path's figure minus the mean of the two direct runs' \
+             in the same round); RTT over {} round trips \
              each, in {slices} interleaved slices; added RTT: median over slices of the path's \
              slice figure minus the mean of the two direct runs' in the same slice",
             slices * per_slice
@@ -547,6 +565,7 @@ pub fn run(ctx: &Ctx) -> Section {
             "throughput (Gbit/s)",
             "throughput / direct",
             "host CPU per KiB (ns)",
+            "added host CPU per KiB (ns)",
             "RTT median (µs)",
             "RTT p99 (µs)",
             "added RTT median (µs)",
@@ -589,6 +608,11 @@ pub fn run(ctx: &Ctx) -> Section {
             f(median(&tput[i]) * 8e-9, 2),
             f(median(&ratio(p, Path::Direct)), 3),
             f(median(&cpu_per_kib[i]), 0),
+            if is_direct {
+                "—".to_owned()
+            } else {
+                signed(median(&added(p, &cpu_per_kib)))
+            },
             f(median(&pooled[i]), 1),
             f(percentile(&pooled[i], 0.99), 1),
             dash(&add_med),
@@ -599,25 +623,59 @@ pub fn run(ctx: &Ctx) -> Section {
 
     let sane = during_chaos > 0 && during_other == 0;
     let chaos_over_proxy = ratio(Path::Chaos, Path::Proxy);
-    let (cp_lo, cp_hi) = min_max(&chaos_over_proxy);
-    let cp = median(&chaos_over_proxy);
     let cpu_ratio = median(&cpu_per_kib[idx(Path::Proxy)]) / median(&cpu_per_kib[idx(Path::Chaos)]);
-    section.target(
-        "vs proxy throughput",
-        "chaos path ≥ 4 × proxy path",
+    // Host CPU per byte added over the direct path, round by round; the A/A difference is its
+    // noise.
+    let cpu_aa: Vec<f64> = (0..bulk_rounds)
+        .map(|r| cpu_per_kib[idx(Path::DirectAgain)][r] - cpu_per_kib[idx(Path::Direct)][r])
+        .collect();
+    let cpu_noise = median(&cpu_aa.iter().map(|d| d.abs()).collect::<Vec<_>>());
+    let (chaos_cpu, proxy_cpu) = (
+        added(Path::Chaos, &cpu_per_kib),
+        added(Path::Proxy, &cpu_per_kib),
+    );
+    let (chaos_cpu_med, proxy_cpu_med) = (median(&chaos_cpu), median(&proxy_cpu));
+    let (chaos_cpu_lo, chaos_cpu_hi) = median_ci(&chaos_cpu);
+    let (proxy_cpu_lo, proxy_cpu_hi) = median_ci(&proxy_cpu);
+    let added_ratio = chaos_cpu_med / proxy_cpu_med;
+    let cpu_within_noise = chaos_cpu_med.abs() <= cpu_noise;
+    // How small a cost this run can tell from nothing, against the proxy's added cost.
+    let noise_share = cpu_noise / proxy_cpu_med;
+    let resolution = if noise_share <= CPU_SHARE_GOAL {
         format!(
-            "{}× [{}–{}] (chaos {} Gbit/s, socat {} Gbit/s); host CPU per byte: socat {}× \
-             chaos ({} and {} ns/KiB)",
-            f(cp, 2),
-            f(cp_lo, 2),
-            f(cp_hi, 2),
-            f(median(&tput[idx(Path::Chaos)]) * 8e-9, 2),
-            f(median(&tput[idx(Path::Proxy)]) * 8e-9, 2),
-            f(cpu_ratio, 2),
-            f(median(&cpu_per_kib[idx(Path::Proxy)]), 0),
-            f(median(&cpu_per_kib[idx(Path::Chaos)]), 0),
+            "the noise is {} of socat's added cost, finer than the goal",
+            f(noise_share, 3)
+        )
+    } else {
+        format!(
+            "the noise is {} of socat's added cost, coarser than the goal: this run cannot \
+             tell a cost of 1/10 from none",
+            f(noise_share, 3)
+        )
+    };
+    section.target(
+        "vs proxy added host CPU",
+        "chaos's host CPU per byte added over the direct path ≤ 1/10 of the proxy's",
+        format!(
+            "chaos {} ns/KiB [{}–{}]{}, socat {} ns/KiB [{}–{}]: chaos/socat {} (goal ≤ {}; \
+             A/A noise {} ns/KiB; {resolution}; direct path {} ns/KiB)",
+            signed(chaos_cpu_med),
+            signed(chaos_cpu_lo),
+            signed(chaos_cpu_hi),
+            if cpu_within_noise {
+                " (within noise)"
+            } else {
+                ""
+            },
+            signed(proxy_cpu_med),
+            signed(proxy_cpu_lo),
+            signed(proxy_cpu_hi),
+            f(added_ratio, 3),
+            f(CPU_SHARE_GOAL, 2),
+            f(cpu_noise, 0),
+            f(median(&cpu_per_kib[idx(Path::Direct)]), 0),
         ),
-        sane && cp >= 4.0,
+        sane && proxy_cpu_med > 0.0 && chaos_cpu_med <= proxy_cpu_med * CPU_SHARE_GOAL,
     );
     let chaos_added = median(&added(Path::Chaos, &slice_med));
     let proxy_added = median(&added(Path::Proxy, &slice_med));
@@ -658,13 +716,25 @@ pub fn run(ctx: &Ctx) -> Section {
          it over loopback, as a sidecar. socat copies with read/write through a {} KiB buffer \
          (its default is 8 KiB) and forks per connection: a floor for a proxy-based injector, \
          which does at least this much. On 2 cores the proxy also competes for CPU with the \
-         client and the servers, which is part of what it costs. Host CPU per KiB is the busy \
-         time of all CPUs (/proc/stat: user, system, irq, softirq) over a bulk transfer, per \
-         KiB moved: the direct path leaves one core partly idle, which the proxy's extra \
-         copies and TCP hops fill, so its throughput falls less than its cost grows.",
+         client and the servers, which is part of what it costs.",
         socat.display(),
         socat_version(&socat),
         SOCAT_BUFFER >> 10
+    ));
+    section.note(format!(
+        "Host CPU per KiB is the busy time of all CPUs (/proc/stat: user, nice, system, irq, \
+         softirq) over a bulk transfer, per KiB moved; /proc/stat counts in ticks, so one tick \
+         is {} ns/KiB here. What a path adds is, within each round, its figure minus the mean \
+         of the two direct runs'; the target compares the medians over rounds (95 % intervals \
+         of the median in brackets, the whole range with few rounds). Its noise is the median \
+         over rounds of |direct-again − direct|: an added cost at or below it is within noise. \
+         Throughput is context, not a target: on 2 cores the direct path leaves one core \
+         partly idle, which the proxy's extra copies and TCP hops fill, so its throughput \
+         falls far less than its cost grows (socat's throughput is {}× direct here, chaos's \
+         {}×).",
+        f(tick_ns as f64 / (bulk_bytes >> 10) as f64, 1),
+        f(median(&ratio(Path::Proxy, Path::Direct)), 3),
+        f(median(&ratio(Path::Chaos, Path::Direct)), 3),
     ));
     section.note(format!(
         "Noise floor: the median over slices of |direct-again − direct| (slice median RTTs); \
@@ -695,6 +765,14 @@ pub fn run(ctx: &Ctx) -> Section {
             "proxy_over_direct": summary(&ratio(Path::Proxy, Path::Direct)),
         },
         "host_cpu_ratio_proxy_over_chaos": cpu_ratio,
+        "added_host_cpu_ns_per_kib": {
+            "chaos": { "median": chaos_cpu_med, "ci95": [chaos_cpu_lo, chaos_cpu_hi], "rounds": chaos_cpu },
+            "proxy": { "median": proxy_cpu_med, "ci95": [proxy_cpu_lo, proxy_cpu_hi], "rounds": proxy_cpu },
+            "direct-again": { "median": median(&cpu_aa), "rounds": cpu_aa },
+        },
+        "host_cpu_noise_ns_per_kib": cpu_noise,
+        "host_cpu_tick_ns_per_kib": tick_ns as f64 / (bulk_bytes >> 10) as f64,
+        "added_host_cpu_chaos_over_proxy": added_ratio,
     });
     section
 }

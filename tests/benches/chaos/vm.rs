@@ -113,6 +113,8 @@ const JITTER_MS: f64 = 10.0;
 const HEADERS: u64 = 14 + 20 + 32;
 /// A full segment's payload on veth (MTU 1500).
 const MSS: u64 = 1448;
+/// How far chaos's rate on the wire may be from the configured rate, in % (the rate target).
+const RATE_TOLERANCE_PCT: f64 = 1.0;
 /// TCP ports for the two rates.
 const RATE_PORTS: [(u16, f64); 2] = [(5001, 10.0), (5003, 100.0)];
 
@@ -458,7 +460,7 @@ fn rate_tables(s: &mut Section, rate: &Value) {
         ],
     );
     let mut chaos_errors = Vec::new();
-    // Per tool: "R: goodput (error), wire error" for the target's text.
+    // Per tool: "R: on the wire (error), goodput (error)" for the target's text.
     let mut measured = Vec::new();
     for tool in ["chaos", "netem"] {
         let runs = &rate[tool];
@@ -480,8 +482,9 @@ fn rate_tables(s: &mut Section, rate: &Value) {
                 r["retrans_segs"].to_string(),
             ]);
             parts.push(format!(
-                "{}: {} ({err:+.1} %, on the wire {wire_err:+.1} %)",
+                "{}: on the wire {} ({wire_err:+.1} %), goodput {} ({err:+.1} %)",
                 f(conf, 0),
+                f(num(&r["frames_mbit_est"]), 2),
                 f(num(&r["goodput_mbit"]), 2),
             ));
             if tool == "chaos" {
@@ -491,10 +494,17 @@ fn rate_tables(s: &mut Section, rate: &Value) {
         measured.push(format!("{tool} {}", parts.join(", ")));
     }
     s.tables.push(t);
-    let met = !chaos_errors.is_empty() && chaos_errors.iter().all(|(e, _)| e.abs() <= 5.0);
+    // The wire figure is what a link would carry, so it is what a rate limit is judged by.
+    let met = chaos_errors.len() == RATE_PORTS.len()
+        && chaos_errors
+            .iter()
+            .all(|(_, wire)| wire.abs() <= RATE_TOLERANCE_PCT);
     s.target(
         "rate accuracy",
-        "chaos's goodput within ±5 % of the configured rate, at 10 and 100 Mbit/s",
+        &format!(
+            "chaos's rate on the wire within ±{RATE_TOLERANCE_PCT:.0} % of the configured rate, \
+             at 10 and 100 Mbit/s"
+        ),
         format!("Mbit/s: {}", measured.join("; ")),
         met,
     );
@@ -505,17 +515,18 @@ fn rate_tables(s: &mut Section, rate: &Value) {
          application's bytes over that time. \"On the wire\" estimates the frames a link \
          would carry: the application's bytes, plus 66 bytes of Ethernet, IPv4 and TCP headers \
          for every segment sent (OutSegs), plus 1514 bytes for every retransmitted one \
-         (RetransSegs).",
+         (RetransSegs). The target is judged on the wire, as a link's rate is; goodput and \
+         netem are context.",
     );
     if let Some((g, w)) = chaos_errors.first() {
         s.note(format!(
-            "The two tools charge different bytes. chaos charges a packet's length at TC \
-             egress, and a local TCP sender's packet there is a GSO super-packet carrying one \
-             set of headers for several segments: its rate comes out close to a payload rate \
-             (goodput {g:+.1} % at {} Mbit/s), and the frames of that traffic on a real link \
-             would run {w:+.1} % off the configured rate. netem charges every segment's frame, \
-             like a link, so its goodput sits below the rate by the header share (at most \
-             1448/1514 = 95.6 % of a link is TCP payload).",
+            "A limiter that charges every segment's frame, like a link (netem does), leaves \
+             goodput below the rate by the header share: at most 1448/1514 = 95.6 % of a full \
+             frame is TCP payload, so goodput near −4.4 % and the wire near 0 % is that \
+             behaviour. One that charges a GSO super-packet's length at TC egress (one set of \
+             headers for several segments) shows the reverse: goodput near 0 % and the wire \
+             above the rate. Measured for chaos at {} Mbit/s: goodput {g:+.1} %, on the wire \
+             {w:+.1} %.",
             f(num(&rate["chaos"][0]["configured_mbit"]), 0),
         ));
     }
