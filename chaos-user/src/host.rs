@@ -1,5 +1,9 @@
 //! Checks of the host that decide whether chaos can work on an interface at all.
 
+use std::io;
+
+use netlink_packet_route::{RouteNetlinkMessage, link::LinkMessage};
+
 use crate::rtnl::Rtnl;
 
 /// `ARPHRD_ETHER` and `ARPHRD_LOOPBACK`: the link types whose frames start with an Ethernet
@@ -8,15 +12,28 @@ const ETHERNET_LINK_TYPES: [u16; 2] = [1, 772];
 
 /// Refuses interfaces whose frames are not Ethernet (wireguard, tun, ipip ...).
 pub fn check_link_type(iface: &str, ifindex: u32) -> Result<(), String> {
-    let link_type = Rtnl::open()
-        .and_then(|mut rtnl| rtnl.link_type(ifindex))
-        .map_err(|e| format!("reading the link type of {iface}: {e}"))?;
+    let link_type =
+        link_type(ifindex).map_err(|e| format!("reading the link type of {iface}: {e}"))?;
     if !ETHERNET_LINK_TYPES.contains(&link_type) {
         return Err(format!(
             "{iface} is not an Ethernet interface (link type {link_type}); chaos parses Ethernet frames"
         ));
     }
     Ok(())
+}
+
+/// The link type (`ARPHRD_*`) of `ifindex`.
+fn link_type(ifindex: u32) -> io::Result<u16> {
+    let mut link = LinkMessage::default();
+    link.header.index = ifindex;
+    Rtnl::open()?
+        .request(RouteNetlinkMessage::GetLink(link), 0)?
+        .into_iter()
+        .find_map(|reply| match reply {
+            RouteNetlinkMessage::NewLink(link) => Some(link.header.link_layer_type.into()),
+            _ => None,
+        })
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no link in the reply"))
 }
 
 /// Holding ingress packets in an ifb's fq needs the mono delivery timestamp to survive the
