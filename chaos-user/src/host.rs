@@ -58,12 +58,7 @@ pub fn check_ingress_hold_kernel() -> Result<(), String> {
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, for leases and expiry times the
 /// program compares against.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
