@@ -1,55 +1,54 @@
 //! Capability checks, so a missing privilege is named before the kernel answers a bare EPERM.
 
-use std::{fs, io};
+use std::io;
+
+use caps::{CapSet, CapsHashSet};
 
 /// A Linux capability chaos may need, with why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capability {
     pub name: &'static str,
-    bit: u32,
+    cap: caps::Capability,
     pub why: &'static str,
 }
 
 pub const CAP_NET_ADMIN: Capability = Capability {
     name: "CAP_NET_ADMIN",
-    bit: 12,
+    cap: caps::Capability::CAP_NET_ADMIN,
     why: "to attach TC programs to an interface",
 };
 pub const CAP_SYS_ADMIN: Capability = Capability {
     name: "CAP_SYS_ADMIN",
-    bit: 21,
+    cap: caps::Capability::CAP_SYS_ADMIN,
     why: "to enter another network namespace (--netns)",
 };
 pub const CAP_BPF: Capability = Capability {
     name: "CAP_BPF",
-    bit: 39,
+    cap: caps::Capability::CAP_BPF,
     why: "to load BPF programs and create maps",
 };
 
 pub const CAP_PERFMON: Capability = Capability {
     name: "CAP_PERFMON",
-    bit: 38,
+    cap: caps::Capability::CAP_PERFMON,
     why: "for the verifier to accept the program's packet and map pointer use",
 };
 
-/// The process's effective capability set, from /proc/self/status.
+/// The effective capability set of the calling thread, as a bit mask (`1 << CAP_*`).
 pub fn effective() -> io::Result<u64> {
-    let status = fs::read_to_string("/proc/self/status")?;
-    parse_cap_eff(&status)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CapEff in /proc/self/status"))
+    caps::read(None, CapSet::Effective)
+        .map(|set| mask(&set))
+        .map_err(|e| io::Error::other(format!("reading the effective capabilities: {e}")))
 }
 
-fn parse_cap_eff(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+fn mask(set: &CapsHashSet) -> u64 {
+    set.iter().fold(0, |mask, cap| mask | cap.bitmask())
 }
 
 /// Capabilities `chaos run` needs that `effective` lacks. CAP_SYS_ADMIN stands in for CAP_BPF
 /// and CAP_PERFMON, as the kernel allows (and requires, before 5.8).
 pub fn missing_for_run(effective: u64, enters_netns: bool) -> Vec<Capability> {
-    let has = |c: Capability| effective & (1 << c.bit) != 0;
+    let has = |c: Capability| effective & c.cap.bitmask() != 0;
     let mut missing = Vec::new();
     if !has(CAP_NET_ADMIN) {
         missing.push(CAP_NET_ADMIN);
@@ -72,9 +71,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_status() {
-        let s = "Name:\tchaos\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
-        assert_eq!(parse_cap_eff(s), Some(0x1ff_ffff_ffff));
+    fn masks_the_set() {
+        let set = CapsHashSet::from([caps::Capability::CAP_NET_ADMIN, caps::Capability::CAP_BPF]);
+        assert_eq!(mask(&set), 1 << 12 | 1 << 39);
+        assert_eq!(mask(&CapsHashSet::new()), 0);
+        assert_eq!(mask(&caps::all()) & 0x1ff_ffff_ffff, 0x1ff_ffff_ffff);
+        for c in [CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF, CAP_PERFMON] {
+            assert_eq!(c.name, c.cap.to_string());
+        }
+    }
+
+    #[test]
+    fn reads_this_thread() {
+        let effective = effective().unwrap();
+        let has = caps::has_cap(None, CapSet::Effective, caps::Capability::CAP_NET_ADMIN).unwrap();
+        assert_eq!(effective & CAP_NET_ADMIN.cap.bitmask() != 0, has);
     }
 
     #[test]

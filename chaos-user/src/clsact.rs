@@ -5,8 +5,9 @@
 use std::io;
 
 use aya::programs::tc::{self, TcError};
+use netlink_packet_route::tc::TcHandle;
 
-use crate::rtnl::{Rtnl, TC_H_CLSACT};
+use crate::{qdisc, rtnl::Rtnl};
 
 /// clsact's own handle, `ffff:`.
 const CLSACT_HANDLE: u32 = 0xffff_0000;
@@ -33,6 +34,11 @@ pub fn ensure(iface: &str, ifindex: u32) -> Result<Option<AddedClsact>, TcError>
 impl AddedClsact {
     /// Deletes the qdisc (and with it any filter still on it).
     pub fn remove(self) -> io::Result<()> {
-        Rtnl::open()?.delete_qdisc(self.ifindex, TC_H_CLSACT, CLSACT_HANDLE)
+        qdisc::delete_qdisc(
+            &mut Rtnl::open()?,
+            self.ifindex,
+            TcHandle::CLSACT,
+            CLSACT_HANDLE,
+        )
     }
 }

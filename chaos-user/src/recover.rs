@@ -8,12 +8,17 @@
 use std::{fmt, thread};
 
 use aya::programs::{SchedClassifier, TcAttachType, tc};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    link::{LinkAttribute, LinkMessage},
+    tc::TcHandle,
+};
 use serde::Serialize;
 
 use crate::{
     netns,
-    qdisc::CHAOS_FQ_HANDLE,
-    rtnl::{Rtnl, TC_H_ROOT},
+    qdisc::{self, CHAOS_FQ_HANDLE},
+    rtnl::Rtnl,
 };
 
 /// Program names chaos attaches (the kernel keeps the first 15 characters).
@@ -84,7 +89,7 @@ fn in_use(iface: &str) -> bool {
 
 fn clean_here(ns: &str) -> Result<Vec<Removed>, String> {
     let mut rtnl = Rtnl::open().map_err(|e| format!("netlink: {e}"))?;
-    let links = rtnl.links().map_err(|e| format!("listing links: {e}"))?;
+    let links = links(&mut rtnl).map_err(|e| format!("listing links: {e}"))?;
     let mut removed = Vec::new();
     let mut note = |iface: &str, what: String| {
         removed.push(Removed {
@@ -111,22 +116,36 @@ fn clean_here(ns: &str) -> Result<Vec<Removed>, String> {
                 }
             }
         }
-        let root = rtnl
-            .qdiscs(*index)
-            .map_err(|e| format!("listing qdiscs of {name}: {e}"))?
-            .into_iter()
-            .find(|q| q.parent == TC_H_ROOT);
+        let root = qdisc::root_qdisc(&mut rtnl, *index)
+            .map_err(|e| format!("listing qdiscs of {name}: {e}"))?;
         if root.is_some_and(|q| q.handle == CHAOS_FQ_HANDLE) {
-            rtnl.delete_qdisc(*index, TC_H_ROOT, CHAOS_FQ_HANDLE)
+            qdisc::delete_qdisc(&mut rtnl, *index, TcHandle::ROOT, CHAOS_FQ_HANDLE)
                 .map_err(|e| format!("removing fq from {name}: {e}"))?;
             note(name, "fq ca05:".to_owned());
         }
         let ifb = format!("chaos-ifb{index}");
         if let Some((ifb_index, _)) = links.iter().find(|(_, n)| *n == ifb) {
-            rtnl.delete_link(*ifb_index)
+            qdisc::delete_link(&mut rtnl, *ifb_index)
                 .map_err(|e| format!("removing {ifb}: {e}"))?;
             note(&ifb, "ifb".to_owned());
         }
     }
     Ok(removed)
+}
+
+/// Every link of the namespace: (index, name).
+fn links(rtnl: &mut Rtnl) -> std::io::Result<Vec<(u32, String)>> {
+    let dump = rtnl.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
+    Ok(dump
+        .into_iter()
+        .filter_map(|reply| match reply {
+            RouteNetlinkMessage::NewLink(link) => {
+                link.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::IfName(name) => Some((link.header.index, name)),
+                    _ => None,
+                })
+            }
+            _ => None,
+        })
+        .collect())
 }

@@ -1,418 +1,186 @@
-//! A minimal rtnetlink client for the qdiscs chaos manages: requests acknowledged one by one,
-//! and a dump of an interface's qdiscs. aya covers program attachment; this covers the rest.
+//! rtnetlink for the links and qdiscs chaos manages. `netlink-packet-route` builds and parses
+//! the messages, `netlink-sys` carries them; this is only the exchange: a request answered by
+//! an acknowledgement, and a dump. aya covers program attachment.
 
-use std::{
-    io,
-    mem::size_of,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+use std::io;
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_ALIGNTO, NetlinkBuffer, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload,
 };
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-/// `TC_H_ROOT`: the parent id of a root qdisc.
-pub const TC_H_ROOT: u32 = 0xffff_ffff;
-/// `TC_H_CLSACT`: the parent id of the clsact qdisc.
-pub const TC_H_CLSACT: u32 = 0xffff_fff1;
-/// `TCA_KIND`: the qdisc's name.
-const TCA_KIND: u16 = 1;
-/// `TCA_OPTIONS`: the qdisc's nested options.
-pub const TCA_OPTIONS: u16 = 2;
-const NLA_F_NESTED: u16 = 1 << 15;
-const NLMSG_HDR: usize = size_of::<libc::nlmsghdr>();
-const DONE: u16 = libc::NLMSG_DONE as u16;
-const ERROR: u16 = libc::NLMSG_ERROR as u16;
-
-/// `struct tcmsg` from linux/rtnetlink.h.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct TcMsg {
-    family: u8,
-    pad1: u8,
-    pad2: u16,
-    ifindex: i32,
-    handle: u32,
-    parent: u32,
-    info: u32,
-}
-
-const TCMSG_LEN: usize = size_of::<TcMsg>();
-
-/// Netlink attributes, appended in order; [`Attrs::nested`] wraps a group.
-#[derive(Default)]
-pub struct Attrs(Vec<u8>);
-
-impl Attrs {
-    pub fn bytes(&mut self, kind: u16, payload: &[u8]) -> &mut Self {
-        let len = 4 + payload.len();
-        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.0.extend_from_slice(&kind.to_ne_bytes());
-        self.0.extend_from_slice(payload);
-        self.0.resize(self.0.len().next_multiple_of(4), 0);
-        self
-    }
-
-    pub fn u32(&mut self, kind: u16, value: u32) -> &mut Self {
-        self.bytes(kind, &value.to_ne_bytes())
-    }
-
-    pub fn u8(&mut self, kind: u16, value: u8) -> &mut Self {
-        self.bytes(kind, &[value])
-    }
-
-    pub fn nested(&mut self, kind: u16, inner: &Attrs) -> &mut Self {
-        self.bytes(kind | NLA_F_NESTED, &inner.0)
-    }
-}
-
-/// A qdisc as the kernel lists it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Qdisc {
-    pub kind: String,
-    pub handle: u32,
-    pub parent: u32,
-}
-
+/// A route netlink socket, used by one thread at a time.
 pub struct Rtnl {
-    sock: OwnedFd,
+    socket: Socket,
     seq: u32,
 }
 
 impl Rtnl {
     pub fn open() -> io::Result<Self> {
-        // SAFETY: plain socket(2); the fd is owned right after.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh, valid fd that nothing else owns.
-        let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-        Ok(Self { sock, seq: 0 })
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        Ok(Self { socket, seq: 0 })
     }
 
-    /// Creates or replaces a qdisc of `kind` at `parent` with `handle` on `ifindex`.
-    pub fn replace_qdisc(
+    /// Sends `message` with `flags` (`NLM_F_CREATE`, ...) and waits for its acknowledgement;
+    /// returns what the kernel answered before it (the link of an `RTM_GETLINK`, say). A
+    /// refusal comes back as the kernel's errno.
+    pub fn request(
         &mut self,
-        ifindex: u32,
-        parent: u32,
-        handle: u32,
-        kind: &str,
-        options: &Attrs,
-    ) -> io::Result<()> {
-        let mut attrs = Attrs::default();
-        let mut name = kind.as_bytes().to_vec();
-        name.push(0);
-        attrs.bytes(TCA_KIND, &name).nested(TCA_OPTIONS, options);
-        let flags = libc::NLM_F_CREATE | libc::NLM_F_REPLACE;
-        self.acked(
-            libc::RTM_NEWQDISC,
-            flags,
-            tcmsg(ifindex, parent, handle),
-            &attrs,
-        )
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.exchange(message, NLM_F_REQUEST | NLM_F_ACK | flags)
     }
 
-    /// Deletes the qdisc at `parent` with `handle` on `ifindex`.
-    pub fn delete_qdisc(&mut self, ifindex: u32, parent: u32, handle: u32) -> io::Result<()> {
-        self.acked(
-            libc::RTM_DELQDISC,
-            0,
-            tcmsg(ifindex, parent, handle),
-            &Attrs::default(),
-        )
+    /// Everything a dump request (`RTM_GETLINK`, `RTM_GETQDISC`, ...) lists.
+    pub fn dump(&mut self, message: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.exchange(message, NLM_F_REQUEST | NLM_F_DUMP)
     }
 
-    /// The qdiscs of `ifindex`.
-    pub fn qdiscs(&mut self, ifindex: u32) -> io::Result<Vec<Qdisc>> {
-        let seq = self.send(
-            libc::RTM_GETQDISC,
-            libc::NLM_F_DUMP,
-            tcmsg(ifindex, 0, 0),
-            &Attrs::default(),
-        )?;
-        let mut found = Vec::new();
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            let got = self.recv(&mut buf)?;
-            let mut rest = &buf[..got];
-            while rest.len() >= NLMSG_HDR {
-                let (len, kind, msg_seq) = header(rest);
-                let len = len.min(rest.len());
-                let body = &rest[NLMSG_HDR.min(len)..len];
-                if msg_seq == seq {
-                    match kind {
-                        DONE => return Ok(found),
-                        ERROR => error_code(body)?,
-                        libc::RTM_NEWQDISC => {
-                            if let Some(q) = parse_qdisc(body).filter(|q| q.0 == ifindex) {
-                                found.push(q.1);
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                rest = &rest[len.next_multiple_of(4).min(rest.len())..];
-                if len == 0 {
-                    break;
-                }
-            }
-        }
-    }
-
-    /// Creates an `ifb` device called `name`, up, and returns its index.
-    pub fn create_ifb(&mut self, name: &str) -> io::Result<u32> {
-        const IFLA_IFNAME: u16 = 3;
-        const IFLA_LINKINFO: u16 = 18;
-        const IFLA_INFO_KIND: u16 = 1;
-        let mut ifname = name.as_bytes().to_vec();
-        ifname.push(0);
-        let mut info = Attrs::default();
-        info.bytes(IFLA_INFO_KIND, b"ifb\0");
-        let mut attrs = Attrs::default();
-        attrs
-            .bytes(IFLA_IFNAME, &ifname)
-            .nested(IFLA_LINKINFO, &info);
-        // struct ifinfomsg with IFF_UP set and changed.
-        let mut ifinfo = [0u8; 16];
-        ifinfo[8..12].copy_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
-        ifinfo[12..16].copy_from_slice(&(libc::IFF_UP as u32).to_ne_bytes());
-        let flags = libc::NLM_F_CREATE | libc::NLM_F_EXCL;
-        let seq = self.send_raw(libc::RTM_NEWLINK, flags, &ifinfo, &attrs)?;
-        self.wait_ack(seq)?;
-        let c = std::ffi::CString::new(name).map_err(io::Error::other)?;
-        // SAFETY: a valid NUL-terminated string.
-        match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-            0 => Err(io::Error::last_os_error()),
-            index => Ok(index),
-        }
-    }
-
-    /// Deletes the link `ifindex`.
-    pub fn delete_link(&mut self, ifindex: u32) -> io::Result<()> {
-        let mut ifinfo = [0u8; 16];
-        ifinfo[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
-        let seq = self.send_raw(libc::RTM_DELLINK, 0, &ifinfo, &Attrs::default())?;
-        self.wait_ack(seq)
-    }
-
-    /// Every link of the namespace: (index, name).
-    pub fn links(&mut self) -> io::Result<Vec<(u32, String)>> {
-        const IFLA_IFNAME: u16 = 3;
-        let ifinfo = [0u8; 16];
-        let seq = self.send_raw(
-            libc::RTM_GETLINK,
-            libc::NLM_F_DUMP,
-            &ifinfo,
-            &Attrs::default(),
-        )?;
-        let mut found = Vec::new();
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            let got = self.recv(&mut buf)?;
-            let mut rest = &buf[..got];
-            while rest.len() >= NLMSG_HDR {
-                let (len, kind, msg_seq) = header(rest);
-                let len = len.min(rest.len());
-                if len < NLMSG_HDR {
-                    break;
-                }
-                let body = &rest[NLMSG_HDR..len];
-                if msg_seq == seq {
-                    match kind {
-                        DONE => return Ok(found),
-                        ERROR => error_code(body)?,
-                        libc::RTM_NEWLINK if body.len() >= 16 => {
-                            let index = u32::from_ne_bytes([body[4], body[5], body[6], body[7]]);
-                            let mut attrs = &body[16..];
-                            while attrs.len() >= 4 {
-                                let alen = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
-                                let atype = u16::from_ne_bytes([attrs[2], attrs[3]]);
-                                if alen < 4 || alen > attrs.len() {
-                                    break;
-                                }
-                                if atype == IFLA_IFNAME {
-                                    let name = String::from_utf8_lossy(&attrs[4..alen]);
-                                    found.push((index, name.trim_end_matches('\0').to_owned()));
-                                }
-                                attrs = &attrs[alen.next_multiple_of(4).min(attrs.len())..];
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                rest = &rest[len.next_multiple_of(4).min(rest.len())..];
-            }
-        }
-    }
-
-    /// The link type (`ARPHRD_*`) of `ifindex`.
-    pub fn link_type(&mut self, ifindex: u32) -> io::Result<u16> {
-        // struct ifinfomsg: family, pad, type, index, flags, change.
-        let mut ifinfo = [0u8; 16];
-        ifinfo[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
-        let seq = self.send_raw(libc::RTM_GETLINK, 0, &ifinfo, &Attrs::default())?;
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            let got = self.recv(&mut buf)?;
-            if got < NLMSG_HDR + 16 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "short netlink reply",
-                ));
-            }
-            let (len, kind, msg_seq) = header(&buf[..got]);
-            if msg_seq != seq {
-                continue;
-            }
-            if kind == ERROR {
-                error_code(&buf[NLMSG_HDR..len.min(got)])?;
-                continue;
-            }
-            if kind == libc::RTM_NEWLINK {
-                return Ok(u16::from_ne_bytes([buf[NLMSG_HDR + 2], buf[NLMSG_HDR + 3]]));
-            }
-        }
-    }
-
-    fn send(
+    fn exchange(
         &mut self,
-        msg_type: u16,
-        flags: libc::c_int,
-        tc: TcMsg,
-        attrs: &Attrs,
-    ) -> io::Result<u32> {
-        // SAFETY: TcMsg is plain repr(C) integers with explicit padding fields.
-        let tc = unsafe { std::slice::from_raw_parts((&raw const tc).cast::<u8>(), TCMSG_LEN) };
-        self.send_raw(msg_type, flags, tc, attrs)
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let request = serialize(message, flags, self.seq);
+        self.socket.send(&request, 0)?;
+        let mut replies = Vec::new();
+        loop {
+            let (datagram, _) = self.socket.recv_from_full()?;
+            if read_replies(&datagram, self.seq, &mut replies)? {
+                return Ok(replies);
+            }
+        }
+    }
+}
+
+/// The request as sent: netlink header, then the message.
+fn serialize(message: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = seq;
+    let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
+    packet.finalize();
+    let mut bytes = vec![0; packet.buffer_len()];
+    packet.serialize(&mut bytes);
+    bytes
+}
+
+/// Adds the replies to request `seq` in one datagram to `replies`; true once the exchange is
+/// over (acknowledged, or the dump done). Messages of other requests are skipped.
+fn read_replies(
+    mut datagram: &[u8],
+    seq: u32,
+    replies: &mut Vec<RouteNetlinkMessage>,
+) -> io::Result<bool> {
+    let invalid = |e| io::Error::new(io::ErrorKind::InvalidData, format!("netlink reply: {e}"));
+    while !datagram.is_empty() {
+        let len = NetlinkBuffer::new_checked(datagram)
+            .map_err(invalid)?
+            .length() as usize;
+        let message =
+            NetlinkMessage::<RouteNetlinkMessage>::deserialize(datagram).map_err(invalid)?;
+        datagram = datagram
+            .get(len.next_multiple_of(usize::from(NLMSG_ALIGNTO))..)
+            .unwrap_or_default();
+        if message.header.sequence_number != seq {
+            continue;
+        }
+        match message.payload {
+            NetlinkPayload::InnerMessage(reply) => replies.push(reply),
+            NetlinkPayload::Done(_) => return Ok(true),
+            // An acknowledgement is an error message without an error.
+            NetlinkPayload::Error(e) if e.code.is_none() => return Ok(true),
+            NetlinkPayload::Error(e) => return Err(e.to_io()),
+            NetlinkPayload::Overrun(_) => {
+                return Err(io::Error::other("netlink reply overran the socket buffer"));
+            }
+            _ => {}
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroI32;
+
+    use netlink_packet_core::{DoneMessage, ErrorMessage, NLM_F_MULTIPART};
+    use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage};
+
+    use super::*;
+
+    fn qdisc(index: i32, kind: &str) -> RouteNetlinkMessage {
+        let mut tc = TcMessage::with_index(index);
+        tc.header.parent = TcHandle::ROOT;
+        tc.attributes.push(TcAttribute::Kind(kind.to_owned()));
+        RouteNetlinkMessage::NewQueueDiscipline(tc)
     }
 
-    /// Sends one request: header, the family's fixed header, attributes.
-    fn send_raw(
-        &mut self,
-        msg_type: u16,
-        flags: libc::c_int,
-        family_header: &[u8],
-        attrs: &Attrs,
-    ) -> io::Result<u32> {
-        self.seq += 1;
-        let len = NLMSG_HDR + family_header.len() + attrs.0.len();
-        let mut msg = Vec::with_capacity(len);
-        msg.extend_from_slice(&(len as u32).to_ne_bytes());
-        msg.extend_from_slice(&msg_type.to_ne_bytes());
-        msg.extend_from_slice(
-            &((libc::NLM_F_REQUEST | libc::NLM_F_ACK | flags) as u16).to_ne_bytes(),
+    fn packet(payload: NetlinkPayload<RouteNetlinkMessage>, seq: u32) -> Vec<u8> {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_MULTIPART;
+        header.sequence_number = seq;
+        let mut packet = NetlinkMessage::new(header, payload);
+        packet.finalize();
+        let mut bytes = vec![0; packet.buffer_len()];
+        packet.serialize(&mut bytes);
+        bytes
+    }
+
+    fn error(code: i32) -> NetlinkPayload<RouteNetlinkMessage> {
+        let mut e = ErrorMessage::default();
+        e.code = NonZeroI32::new(code);
+        NetlinkPayload::Error(e)
+    }
+
+    #[test]
+    fn request_header() {
+        let bytes = serialize(qdisc(3, "fq"), NLM_F_REQUEST | NLM_F_ACK, 7);
+        let header = NetlinkBuffer::new_checked(&bytes[..]).unwrap();
+        assert_eq!(header.length() as usize, bytes.len());
+        assert_eq!(header.message_type(), libc::RTM_NEWQDISC);
+        assert_eq!(
+            header.flags(),
+            (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16
         );
-        msg.extend_from_slice(&self.seq.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(family_header);
-        msg.extend_from_slice(&attrs.0);
-        // SAFETY: sending a buffer we own, of its own length.
-        let sent = unsafe { libc::send(self.sock.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(self.seq)
+        assert_eq!(header.sequence_number(), 7);
     }
 
-    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: receiving into a buffer we own, bounded by its length.
-        let got =
-            unsafe { libc::recv(self.sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if got < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(got as usize)
+    #[test]
+    fn dump_reads_every_message_until_done() {
+        // One datagram with two qdiscs, one of another request, then a second with the end.
+        let mut first = packet(NetlinkPayload::InnerMessage(qdisc(1, "noqueue")), 4);
+        first.extend(packet(NetlinkPayload::InnerMessage(qdisc(9, "other")), 3));
+        first.extend(packet(NetlinkPayload::InnerMessage(qdisc(2, "fq")), 4));
+        let mut replies = Vec::new();
+        assert!(!read_replies(&first, 4, &mut replies).unwrap());
+        let done = packet(NetlinkPayload::Done(DoneMessage::default()), 4);
+        assert!(read_replies(&done, 4, &mut replies).unwrap());
+        assert_eq!(replies, vec![qdisc(1, "noqueue"), qdisc(2, "fq")]);
     }
 
-    /// Sends a request and waits for its acknowledgement.
-    fn acked(
-        &mut self,
-        msg_type: u16,
-        flags: libc::c_int,
-        tc: TcMsg,
-        attrs: &Attrs,
-    ) -> io::Result<()> {
-        let seq = self.send(msg_type, flags, tc, attrs)?;
-        self.wait_ack(seq)
+    #[test]
+    fn acknowledgement_and_refusal() {
+        let mut replies = Vec::new();
+        assert!(read_replies(&packet(error(0), 5), 5, &mut replies).unwrap());
+        assert!(replies.is_empty());
+        // "Specified qdisc kind is unknown" comes back as -ENOENT.
+        let e = read_replies(&packet(error(-libc::ENOENT), 5), 5, &mut replies).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+        // Another request's refusal is not this one's.
+        assert!(!read_replies(&packet(error(-libc::EPERM), 4), 5, &mut replies).unwrap());
     }
 
-    /// Waits for the acknowledgement of request `seq`.
-    fn wait_ack(&mut self, seq: u32) -> io::Result<()> {
-        let mut buf = [0u8; 4096];
-        loop {
-            let got = self.recv(&mut buf)?;
-            if got < NLMSG_HDR {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "short netlink reply",
-                ));
-            }
-            let (len, kind, msg_seq) = header(&buf[..got]);
-            if msg_seq == seq && kind == ERROR {
-                return error_code(&buf[NLMSG_HDR..len.min(got)]);
-            }
-        }
+    #[test]
+    fn truncated_reply_is_an_error() {
+        let bytes = packet(NetlinkPayload::InnerMessage(qdisc(1, "fq")), 1);
+        let e = read_replies(&bytes[..bytes.len() - 4], 1, &mut Vec::new()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
     }
-}
-
-fn tcmsg(ifindex: u32, parent: u32, handle: u32) -> TcMsg {
-    TcMsg {
-        family: libc::AF_UNSPEC as u8,
-        ifindex: ifindex as i32,
-        handle,
-        parent,
-        ..TcMsg::default()
-    }
-}
-
-/// (length, type, sequence) of the netlink message at the start of `buf`.
-fn header(buf: &[u8]) -> (usize, u16, u32) {
-    let u32_at = |at: usize| u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap());
-    let kind = u16::from_ne_bytes(buf[4..6].try_into().unwrap());
-    (u32_at(0) as usize, kind, u32_at(8))
-}
-
-/// The `nlmsgerr` of an acknowledgement: error 0 is success.
-fn error_code(body: &[u8]) -> io::Result<()> {
-    let code = body
-        .get(..4)
-        .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short netlink error"))?;
-    match code {
-        0 => Ok(()),
-        negative => Err(io::Error::from_raw_os_error(-negative)),
-    }
-}
-
-/// (ifindex, qdisc) of an RTM_NEWQDISC body.
-fn parse_qdisc(body: &[u8]) -> Option<(u32, Qdisc)> {
-    let tc = body.get(..TCMSG_LEN)?;
-    let u32_at = |at: usize| u32::from_ne_bytes(tc[at..at + 4].try_into().unwrap());
-    let (ifindex, handle, parent) = (u32_at(4), u32_at(8), u32_at(12));
-    let mut attrs = &body[TCMSG_LEN..];
-    let mut kind = String::new();
-    while attrs.len() >= 4 {
-        let len = usize::from(u16::from_ne_bytes(attrs[0..2].try_into().unwrap()));
-        let attr_type = u16::from_ne_bytes(attrs[2..4].try_into().unwrap());
-        if len < 4 || len > attrs.len() {
-            break;
-        }
-        if attr_type == TCA_KIND {
-            kind = String::from_utf8_lossy(&attrs[4..len])
-                .trim_end_matches('\0')
-                .to_owned();
-        }
-        attrs = &attrs[len.next_multiple_of(4).min(attrs.len())..];
-    }
-    Some((
-        ifindex,
-        Qdisc {
-            kind,
-            handle,
-            parent,
-        },
-    ))
 }

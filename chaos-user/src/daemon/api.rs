@@ -58,14 +58,9 @@ async fn bearer(token: &str, req: Request, next: Next) -> Response {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    // Constant-time enough for a token compared once per request: no early exit on a mismatch.
-    let ok = given.is_some_and(|g| {
-        g.len() == token.len()
-            && g.bytes()
-                .zip(token.bytes())
-                .fold(0, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
+    // subtle's constant-time compare: no early exit on the first differing byte.
+    let ok =
+        given.is_some_and(|g| subtle::ConstantTimeEq::ct_eq(g.as_bytes(), token.as_bytes()).into());
     if ok {
         next.run(req).await
     } else {
