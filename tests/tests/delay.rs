@@ -43,8 +43,11 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     s[((s.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Every datagram held at least 45 ms, and 99 % of them at most 60 ms: emulation (TCG) adds
-/// the odd scheduling hiccup on top, never takes time away.
+/// Every datagram held at least 45 ms (chaos never releases one early), the median within
+/// 50-55 ms, and 95 % of them at most 60 ms. Emulation (TCG) adds scheduling hiccups on top and
+/// never takes time away: the undelayed port beside it measured p99 6.9 and 12.1 ms in two runs
+/// on one machine, so a 99 % bound at +10 ms judged the VM, not chaos (it failed old and new
+/// code alike, 285-290 of 300).
 fn assert_delayed_50ms(latencies: &[f64]) {
     for (i, d) in latencies.iter().enumerate() {
         assert!(
@@ -52,9 +55,14 @@ fn assert_delayed_50ms(latencies: &[f64]) {
             "datagram {i} took {d:.1} ms, less than 50 ms - 5"
         );
     }
+    let p50 = percentile(latencies, 0.5);
+    assert!(
+        (50.0..=55.0).contains(&p50),
+        "median {p50:.1} ms, want 50-55"
+    );
     let within = latencies.iter().filter(|d| **d <= 60.0).count();
     assert!(
-        within * 100 >= latencies.len() * 99,
+        within * 100 >= latencies.len() * 95,
         "only {within} of {} datagrams took 45-60 ms",
         latencies.len()
     );
