@@ -286,6 +286,10 @@ fn malformed_requests_change_nothing() {
     bad_iface["name"] = json!("ghost");
     bad_iface["iface"] = json!("nosuch0");
     refused(Method::POST, "/v1/experiments", bad_iface, 422, "iface");
+    let mut bad_netns = good.clone();
+    bad_netns["name"] = json!("nowhere");
+    bad_netns["netns"] = json!("chaos-no-such-netns");
+    refused(Method::POST, "/v1/experiments", bad_netns, 422, "netns");
     let mut bad_duration = good.clone();
     bad_duration["name"] = json!("soon");
     bad_duration["duration"] = json!("soon");

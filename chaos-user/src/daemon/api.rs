@@ -120,9 +120,8 @@ async fn create(
         Ok(b) => b,
         Err(r) => return Ok(bad_body(r)),
     };
-    let name = spec.name.clone();
-    app.manager.put(spec, Source::Api, false).await?;
-    Ok((StatusCode::CREATED, Json(app.manager.get(&name).await?)).into_response())
+    let (_, view) = app.manager.put(spec, Source::Api, false).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 async fn replace(
@@ -140,13 +139,15 @@ async fn replace(
             format!("the body names '{}' but the path '{name}'", spec.name),
         )));
     }
-    let created = app.manager.put(spec, Source::Api, true).await?;
+    // Answered from the state this change produced: a delete right after it cannot turn an
+    // applied change into a 404.
+    let (created, view) = app.manager.put(spec, Source::Api, true).await?;
     let code = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((code, Json(app.manager.get(&name).await?)).into_response())
+    Ok((code, Json(view)).into_response())
 }
 
 async fn fetch(State(app): State<App>, Path(name): Path<String>) -> Result<Response, ApiError> {
@@ -218,6 +219,21 @@ async fn metrics(State(app): State<App>) -> Result<Response, ApiError> {
             rate_dropped
                 .get_or_create(&labels)
                 .inc_by(c.rate_dropped_packets);
+        }
+    }
+    let failed = Family::<Labels, Gauge>::default();
+    registry.register(
+        "chaos_experiment_failed",
+        "1 for an experiment whose deferred start was refused, with the reason",
+        failed.clone(),
+    );
+    for v in &views {
+        if let Some(reason) = &v.reason {
+            let labels: Labels = vec![
+                ("experiment".into(), v.spec.name.clone()),
+                ("reason".into(), reason.clone()),
+            ];
+            failed.get_or_create(&labels).set(1);
         }
     }
     let gauge = |registry: &mut Registry, name: &str, help: &str, value: i64| {

@@ -53,6 +53,9 @@ pub enum Phase {
     Active,
     /// Started, but the daemon is paused.
     Paused,
+    /// Its deferred start was refused (the reason is in the view): it holds no rules and
+    /// blocks nothing until it is replaced or deleted.
+    Failed,
 }
 
 struct Entry {
@@ -65,9 +68,16 @@ struct Entry {
     expires_at: Option<Instant>,
     /// Bumped on every replace, so timers of an earlier version do nothing.
     epoch: u64,
+    /// Why its deferred start was refused.
+    failure: Option<String>,
 }
 
 impl Entry {
+    /// Whether its rules are in its interface's rule set (unless the daemon is paused).
+    fn live(&self) -> bool {
+        self.started && self.failure.is_none()
+    }
+
     fn target(&self) -> Target {
         Target {
             netns: self.experiment.spec.netns.clone(),
@@ -103,6 +113,9 @@ pub struct ExperimentView {
     /// Seconds left until it reverts by itself, if it has a duration and has started.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_seconds: Option<f64>,
+    /// Why it failed (phase `failed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// One entry per rule, in order.
     pub counters: Vec<RuleReport>,
 }
@@ -175,13 +188,14 @@ impl Manager {
         Ok(experiment)
     }
 
-    /// Creates `spec` (or replaces it, with `replace`). Returns whether it was created.
+    /// Creates `spec` (or replaces it, with `replace`). Returns whether it was created, and the
+    /// experiment as this change left it (a concurrent delete cannot make that a 404).
     pub async fn put(
         self: &Arc<Self>,
         spec: ExperimentSpec,
         source: Source,
         replace: bool,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<(bool, ExperimentView), ApiError> {
         let experiment = self.admit(spec).map_err(ApiError::Invalid)?;
         let mut state = self.state.lock().await;
         let name = experiment.spec.name.clone();
@@ -210,6 +224,7 @@ impl Manager {
             seq,
             created: old.map_or_else(SystemTime::now, |e| e.created),
             epoch,
+            failure: None,
         };
         touched.insert(entry.target());
         let previous = state.experiments.insert(name.clone(), entry);
@@ -233,10 +248,11 @@ impl Manager {
             self.schedule_start(&name, epoch, entry.experiment.start_delay);
         }
         info!(name, created, "experiment applied");
-        Ok(created)
+        Ok((created, view(&state, &name).await?))
     }
 
-    /// Deletes an experiment: its faults stop at once.
+    /// Deletes an experiment: its faults stop at once. If the kernel refuses the rule set
+    /// without it, it stays, shown as it still is in the kernel.
     pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
         let mut state = self.state.lock().await;
         let entry = state
@@ -244,7 +260,13 @@ impl Manager {
             .remove(name)
             .ok_or_else(|| ApiError::NotFound(name.to_owned()))?;
         let touched = BTreeSet::from([entry.target()]);
-        self.sync(&mut state, &touched).await?;
+        if let Err(e) = self.sync(&mut state, &touched).await {
+            state.experiments.insert(name.to_owned(), entry);
+            if let Err(again) = self.sync(&mut state, &touched).await {
+                warn!("restoring after a refused delete: {again:?}");
+            }
+            return Err(e);
+        }
         info!(name, "experiment deleted");
         Ok(())
     }
@@ -300,6 +322,7 @@ impl Manager {
                 seq,
                 created: SystemTime::now(),
                 epoch,
+                failure: None,
             };
             touched.insert(entry.target());
             fresh.push(name.clone());
@@ -416,7 +439,7 @@ impl Manager {
                     .ports
                     .start(target.clone())
                     .await
-                    .map_err(|e| ApiError::Invalid(ExperimentError::new("iface", e)))?;
+                    .map_err(ApiError::Invalid)?;
                 state.targets.insert(
                     target.clone(),
                     TargetState {
@@ -441,7 +464,7 @@ impl Manager {
             }
             let mut builder = RuleSetBuilder::new(&self.policy.guard)
                 .hashed_capacity(self.ports.capacity().hashed);
-            let started = on_target.iter().filter(|(_, e)| e.started && !state.paused);
+            let started = on_target.iter().filter(|(_, e)| e.live() && !state.paused);
             for (name, entry) in started {
                 for (i, rule) in entry.experiment.rules.iter().enumerate() {
                     // The program ends each experiment itself at its deadline, even if the
@@ -500,7 +523,24 @@ impl Manager {
                 info!(name, "experiment started");
                 self.start_clock(&mut state, name);
             }
-            Err(e) => warn!(name, "starting: {e:?}"),
+            Err(e) => {
+                // It fails alone: out of the rule set again, shown as failed with the reason,
+                // and the interface goes on with the others' rules.
+                let reason = match e {
+                    ApiError::Invalid(ExperimentError { field, message }) => {
+                        format!("{field}: {message}")
+                    }
+                    other => format!("{other:?}"),
+                };
+                warn!(name, reason, "experiment failed to start");
+                if let Some(entry) = state.experiments.get_mut(name) {
+                    entry.failure = Some(reason);
+                    entry.expires_at = None;
+                }
+                if let Err(again) = self.sync(&mut state, &touched).await {
+                    warn!("restoring after a failed start: {again:?}");
+                }
+            }
         }
     }
 
@@ -544,6 +584,7 @@ async fn view(state: &State, name: &str) -> Result<ExperimentView, ApiError> {
         spec: entry.experiment.spec.clone(),
         source: entry.source,
         phase: match (entry.started, state.paused) {
+            _ if entry.failure.is_some() => Phase::Failed,
             (false, _) => Phase::Pending,
             (true, true) => Phase::Paused,
             (true, false) => Phase::Active,
@@ -555,6 +596,7 @@ async fn view(state: &State, name: &str) -> Result<ExperimentView, ApiError> {
         expires_in_seconds: entry
             .expires_at
             .map(|t| t.saturating_duration_since(Instant::now()).as_secs_f64()),
+        reason: entry.failure.clone(),
         counters,
     })
 }

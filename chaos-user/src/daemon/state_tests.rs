@@ -45,7 +45,7 @@ struct FakePort(Target, Log);
 const REFUSED_PORT: u16 = 666;
 
 impl Ports for FakePorts {
-    fn start(&self, target: Target) -> BoxFuture<'_, Result<Box<dyn Port>, String>> {
+    fn start(&self, target: Target) -> BoxFuture<'_, Result<Box<dyn Port>, ExperimentError>> {
         self.0.started.lock().unwrap().push(target.clone());
         let log = self.0.clone();
         Box::pin(async move { Ok(Box::new(FakePort(target, log)) as Box<dyn Port>) })
@@ -255,4 +255,46 @@ async fn the_interface_rule_cap_names_the_interface() {
             "eth0 would carry 80 rules; at most 64 fit"
         ))
     );
+}
+
+#[tokio::test]
+async fn a_deferred_start_that_fails_is_shown_failed_and_blocks_nothing() {
+    let (m, log) = manager();
+    m.put(spec("a1", "eth0", &["dport=9"], 0), Source::Api, false)
+        .await
+        .unwrap();
+    let mut a2 = spec("a2", "eth0", &["dport=666"], 0);
+    a2.start_delay = Some("50ms".into());
+    let (created, view) = m.put(a2, Source::Api, false).await.unwrap();
+    assert!(created);
+    assert_eq!(view.phase, Phase::Pending);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let failed = loop {
+        let v = m.get("a2").await.unwrap();
+        if v.phase != Phase::Pending || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(failed.phase, Phase::Failed);
+    assert_eq!(failed.reason.as_deref(), Some("rules: no fq qdisc"));
+    // The interface goes on with a1 alone, and a1 can still be changed and deleted.
+    assert_eq!(texts(&log.last("eth0")), ["dport=9"]);
+    m.put(spec("a1", "eth0", &["dport=10"], 0), Source::Api, true)
+        .await
+        .unwrap();
+    assert_eq!(texts(&log.last("eth0")), ["dport=10"]);
+    m.delete("a1").await.unwrap();
+    assert_eq!(
+        m.get("a1").await.unwrap_err(),
+        ApiError::NotFound("a1".into())
+    );
+    assert!(texts(&log.last("eth0")).is_empty(), "a1's rule is gone");
+    // Replacing the failed experiment gives it a fresh start.
+    let (_, view) = m
+        .put(spec("a2", "eth0", &["dport=7"], 0), Source::Api, true)
+        .await
+        .unwrap();
+    assert_eq!((view.phase, view.reason), (Phase::Active, None));
+    assert_eq!(texts(&log.last("eth0")), ["dport=7"]);
 }

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::{
     datapath::{AttachMode, Capacity},
+    experiment::ExperimentError,
     host,
     injector::Injector,
     netns,
@@ -50,7 +51,8 @@ pub trait Port: Send + Sync {
 
 /// Starts a [`Port`] for an interface. Dropping the port stops it: detached and restored.
 pub trait Ports: Send + Sync {
-    fn start(&self, target: Target) -> BoxFuture<'_, Result<Box<dyn Port>, String>>;
+    /// A refusal names the field to blame (`netns`, `iface`).
+    fn start(&self, target: Target) -> BoxFuture<'_, Result<Box<dyn Port>, ExperimentError>>;
     /// What each port's maps hold: rule sets are built for it.
     fn capacity(&self) -> Capacity;
 }
@@ -61,7 +63,7 @@ pub struct Workers {
 }
 
 impl Ports for Workers {
-    fn start(&self, target: Target) -> BoxFuture<'_, Result<Box<dyn Port>, String>> {
+    fn start(&self, target: Target) -> BoxFuture<'_, Result<Box<dyn Port>, ExperimentError>> {
         Box::pin(async move {
             let worker = Worker::start(target, self.lease).await?;
             Ok(Box::new(worker) as Box<dyn Port>)
@@ -91,14 +93,14 @@ const GONE: &str = "the interface's worker stopped";
 impl Worker {
     /// Starts the thread: enters the namespace, loads the program and attaches it both ways.
     /// The thread renews the program's lease every third of `lease`.
-    pub async fn start(target: Target, lease: Duration) -> Result<Self, String> {
+    pub async fn start(target: Target, lease: Duration) -> Result<Self, ExperimentError> {
         let (requests, incoming) = mpsc::channel();
         let (ready, started) = oneshot::channel();
         let name = format!("chaos-{}", target.iface);
         let thread = thread::Builder::new()
             .name(name)
             .spawn(move || run(target, lease, incoming, ready))
-            .map_err(|e| format!("starting a worker thread: {e}"))?;
+            .map_err(|e| ExperimentError::new("iface", format!("starting a worker thread: {e}")))?;
         match started.await {
             Ok(Ok(())) => Ok(Self {
                 requests: Some(requests),
@@ -110,7 +112,7 @@ impl Worker {
             }
             Err(_) => {
                 join(thread);
-                Err(GONE.to_owned())
+                Err(ExperimentError::new("iface", GONE))
             }
         }
     }
@@ -160,7 +162,7 @@ fn run(
     target: Target,
     lease: Duration,
     incoming: mpsc::Receiver<Request>,
-    ready: oneshot::Sender<Result<(), String>>,
+    ready: oneshot::Sender<Result<(), ExperimentError>>,
 ) {
     let mut injector = match set_up(&target) {
         Ok(ok) => ok,
@@ -202,20 +204,22 @@ fn run(
     info!(%target, "detached and restored");
 }
 
-fn set_up(target: &Target) -> Result<Injector, String> {
+/// Enters the namespace, loads and attaches; a refusal names the field to blame.
+fn set_up(target: &Target) -> Result<Injector, ExperimentError> {
     if let Some(ns) = &target.netns {
-        netns::enter(ns).map_err(|e| e.to_string())?;
+        netns::enter(ns).map_err(|e| ExperimentError::new("netns", e.to_string()))?;
     }
-    let ifindex =
-        netns::if_index(&target.iface).ok_or_else(|| format!("interface '{target}' not found"))?;
-    host::check_link_type(&target.iface, ifindex)?;
+    let iface = |message: String| ExperimentError::new("iface", message);
+    let ifindex = netns::if_index(&target.iface)
+        .ok_or_else(|| iface(format!("interface '{target}' not found")))?;
+    host::check_link_type(&target.iface, ifindex).map_err(iface)?;
     let mut injector = Injector::load(&target.iface, ifindex, Capacity::DAEMON)
-        .map_err(|e| first_line(&e.to_string()))?;
+        .map_err(|e| iface(first_line(&e.to_string())))?;
     // Both directions from the start: a rule set without rules for a direction costs one map
     // lookup per packet there, and later rule sets never have to attach.
     injector
         .attach(&[Direction::Ingress, Direction::Egress], AttachMode::Auto)
-        .map_err(|e| first_line(&e.to_string()))?;
+        .map_err(|e| iface(first_line(&e.to_string())))?;
     Ok(injector)
 }
 
