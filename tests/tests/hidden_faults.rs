@@ -1,5 +1,6 @@
-//! Writers racing on one experiment name: every answer must be one the final state can explain,
-//! and the program's live rule set must equal what the API shows.
+//! Faults that hide or vanish, the worst kind for a chaos tool: an experiment whose deferred start
+//! fails, and writers racing on one name. Whatever fails, the API's view and the kernel's rule
+//! set must stay equal.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -182,4 +183,74 @@ fn racing_writers_get_answers_the_final_state_explains() {
     );
     let exit = d.stop();
     assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+}
+
+/// This kernel has no `sch_fq`: a delay rule's deferred start fails there. It must end `failed`
+/// with the reason, and neither block nor hide the experiment beside it.
+#[test]
+fn a_deferred_start_that_fails_is_failed_and_hides_nothing() {
+    let lab = Lab::new("dfail");
+    let d = Daemon::start(&[]);
+    let client = Client::new(&d.socket);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let call = |method: Method, path: &str, body: Option<Value>| {
+        runtime.block_on(client.call(method, path, body.as_ref()))
+    };
+    let a1 = json!({ "name": "a1", "iface": IFACE, "netns": lab.a,
+        "rules": ["proto=udp dport=9 drop=100%"] });
+    let a2 = json!({ "name": "a2", "iface": IFACE, "netns": lab.a,
+        "rules": ["proto=udp dport=7 delay=10ms"], "start_delay": "1s" });
+    call(Method::POST, "/v1/experiments", Some(a1)).unwrap();
+    let pending = call(Method::POST, "/v1/experiments", Some(a2)).unwrap();
+    assert_eq!(pending["phase"], "pending");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let failed = loop {
+        let v = call(Method::GET, "/v1/experiments/a2", None).unwrap();
+        if v["phase"] != "pending" || std::time::Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(failed["phase"], "failed", "{failed}");
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("no fq qdisc"), "{failed}");
+    let metrics = call(Method::GET, "/metrics", None).expect("metrics");
+    let metrics = metrics.as_str().unwrap_or_default();
+    assert!(
+        metrics.contains("chaos_experiment_failed{experiment=\"a2\"")
+            && metrics.contains("no fq qdisc"),
+        "{metrics}"
+    );
+    // a1 still drops, and it can still be deleted, after which nothing is dropped.
+    let dst: SocketAddr = (SERVER_V4, 9).into();
+    let delivered = |n| {
+        let rx = UdpCounter::start(&lab.b, dst);
+        assert_eq!(udp_send(&lab.a, dst, n, 64), 0);
+        rx.finish().0
+    };
+    assert_eq!(delivered(300), 0, "a1 drops everything to :9");
+    call(Method::DELETE, "/v1/experiments/a1", None).expect("a1 can be deleted");
+    assert_eq!(
+        refused_status(call(Method::GET, "/v1/experiments/a1", None)),
+        Some(StatusCode::NOT_FOUND)
+    );
+    assert_eq!(delivered(300), 300, "a1's fault is gone with it");
+    let logged = d.wait_for_stderr(
+        "experiment failed to start",
+        std::time::Duration::from_secs(10),
+    );
+    assert!(logged.contains("no fq qdisc"), "the log says why: {logged}");
+    call(Method::DELETE, "/v1/experiments/a2", None).unwrap();
+    let exit = d.stop();
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+}
+
+fn refused_status(answer: Result<Value, ClientError>) -> Option<StatusCode> {
+    match answer {
+        Err(ClientError::Refused { status, .. }) => Some(status),
+        _ => None,
+    }
 }
