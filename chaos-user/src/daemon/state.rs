@@ -411,7 +411,9 @@ impl Manager {
                 .iter()
                 .filter(|(_, e)| &e.target() == target)
                 .collect();
-            if on_target.is_empty() {
+            // Failed experiments hold no rules: an interface with nothing else needs no worker
+            // (and one whose namespace is gone must not be retried on every change).
+            if on_target.iter().all(|(_, e)| e.failure.is_some()) {
                 if let Some(gone) = state.targets.remove(target) {
                     tokio::task::spawn_blocking(move || drop(gone))
                         .await
