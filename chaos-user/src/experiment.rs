@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use chaos_common::rules::MAX_RULES;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -41,11 +42,29 @@ pub struct ExperimentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_delay: Option<String>,
     /// Higher wins when experiments overlap on an interface (default 0).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "is_zero"
+    )]
     pub priority: i32,
     /// Only count what the rules match: no packet is dropped, delayed or paced.
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "is_false"
+    )]
     pub dry_run: bool,
+}
+
+/// `null` for an optional field means the same as leaving it out, for every optional field (the
+/// `Option` ones take it as `None`): what the OpenAPI document promises.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 fn is_false(b: &bool) -> bool {
@@ -100,6 +119,15 @@ impl TryFrom<ExperimentSpec> for Experiment {
         }
         if spec.rules.is_empty() {
             return Err(ExperimentError::new("rules", "at least one rule is needed"));
+        }
+        if spec.rules.len() > MAX_RULES as usize {
+            return Err(ExperimentError::new(
+                "rules",
+                format!(
+                    "{} rules given; at most {MAX_RULES} fit on an interface",
+                    spec.rules.len()
+                ),
+            ));
         }
         let rules = spec
             .rules
@@ -227,6 +255,33 @@ mod tests {
         let mut s = spec("ok", &["drop=1"]);
         s.iface = "a/b".into();
         assert_eq!(field(s), "iface");
+    }
+
+    #[test]
+    fn null_means_absent_for_every_optional_field() {
+        let with_nulls: ExperimentSpec = serde_json::from_str(
+            r#"{"name": "a", "iface": "eth0", "rules": ["drop=1"], "netns": null,
+                "duration": null, "start_delay": null, "priority": null, "dry_run": null}"#,
+        )
+        .unwrap();
+        assert_eq!(with_nulls, spec("a", &["drop=1"]));
+        let set: ExperimentSpec = serde_json::from_str(
+            r#"{"name": "a", "iface": "eth0", "rules": ["drop=1"], "priority": -3, "dry_run": true}"#,
+        )
+        .unwrap();
+        assert_eq!((set.priority, set.dry_run), (-3, true));
+        let too_big =
+            r#"{"name": "a", "iface": "eth0", "rules": ["drop=1"], "priority": 2147483648}"#;
+        assert!(serde_json::from_str::<ExperimentSpec>(too_big).is_err());
+    }
+
+    #[test]
+    fn at_most_64_rules() {
+        let rules = vec!["drop=1"; 64];
+        assert!(Experiment::try_from(spec("a", &rules)).is_ok());
+        let rules = vec!["drop=1"; 65];
+        let e = Experiment::try_from(spec("a", &rules)).unwrap_err();
+        assert_eq!(e.field, "rules", "{e}");
     }
 
     #[test]

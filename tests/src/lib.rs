@@ -637,8 +637,15 @@ impl ChaosProcess {
 
     /// Starts `chaos` with `args` and waits for a stderr line starting with `ready`.
     pub fn spawn(args: &[&str], ready: &str) -> Self {
-        let mut child = Command::new(chaos_bin())
-            .args(args)
+        let mut command = Command::new(chaos_bin());
+        command.args(args);
+        Self::spawn_command(command, ready)
+    }
+
+    /// Like [`ChaosProcess::spawn`], for a command that ends up exec'ing chaos (through
+    /// `ip netns exec`, say), so the child's PID is chaos's own.
+    pub fn spawn_command(mut command: Command, ready: &str) -> Self {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

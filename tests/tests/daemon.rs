@@ -534,22 +534,77 @@ async fn raw_status(
         .map_err(|e| e.to_string())
 }
 
-/// One HTTP/1.1 GET over TCP; returns the status code.
-fn tcp_get(addr: SocketAddr, path: &str, token: Option<&str>) -> u16 {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+/// One HTTP/1.1 exchange: `request` (with `Connection: close`) written to `stream`, the whole
+/// answer read back. Returns (status, the head in lower case, the body).
+fn exchange(
+    mut stream: impl std::io::Read + std::io::Write,
+    request: &str,
+) -> (u16, String, String) {
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP head in {response:?}"));
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+/// A request over the daemon's unix socket; see [`exchange`].
+fn unix_request(
+    d: &Daemon,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, String) {
+    let stream = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    exchange(
+        stream,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: chaos\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+/// A GET over TCP with `authorization` as the header's value, if any; see [`exchange`].
+fn tcp_get_full(
+    addr: SocketAddr,
+    path: &str,
+    authorization: Option<&str>,
+) -> (u16, String, String) {
+    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    write!(
+    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    exchange(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: chaos\r\n{auth}Connection: close\r\n\r\n"
+        &format!("GET {path} HTTP/1.1\r\nHost: chaos\r\n{auth}Connection: close\r\n\r\n"),
     )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// One HTTP/1.1 GET over TCP; returns the status code.
+fn tcp_get(addr: SocketAddr, path: &str, token: Option<&str>) -> u16 {
+    tcp_get_full(addr, path, token.map(|t| format!("Bearer {t}")).as_deref()).0
+}
+
+/// An error answer as documented: JSON with `error` and `field`.
+fn assert_json_error(what: &str, (status, head, body): &(u16, String, String), want: u16) {
+    assert_eq!(*status, want, "{what}: {head}\n{body}");
+    assert!(
+        head.contains("content-type: application/json"),
+        "{what}: not JSON: {head}"
+    );
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: {e}: {body:?}"));
+    assert!(
+        v["error"].is_string() && v["field"].is_string(),
+        "{what}: not {{error, field}}: {v}"
+    );
 }
 
 #[test]
@@ -571,7 +626,24 @@ fn tcp_listener_needs_the_token() {
         "--token-file",
         token_file.to_str().unwrap(),
     ]);
-    assert_eq!(tcp_get(addr, "/v1/status", None), 401, "no token");
+    let no_token = tcp_get_full(addr, "/v1/status", None);
+    assert_json_error("no token", &no_token, 401);
+    assert!(
+        no_token.1.contains("www-authenticate: bearer"),
+        "a 401 says which scheme: {}",
+        no_token.1
+    );
+    // The scheme name is case-insensitive (RFC 9110 11.1).
+    for scheme in ["bearer", "BEARER"] {
+        let (status, _, body) =
+            tcp_get_full(addr, "/v1/status", Some(&format!("{scheme} {token}")));
+        assert_eq!(status, 200, "{scheme}: {body}");
+    }
+    assert_json_error(
+        "unknown path without a token",
+        &tcp_get_full(addr, "/nope", None),
+        401,
+    );
     assert_eq!(
         tcp_get(addr, "/v1/status", Some("wrong-token-of-same-len-xx")),
         401,
@@ -695,5 +767,109 @@ fn guard_rails_dry_run_and_the_duration_cap() {
         ),
         (300, 0)
     );
+    assert_eq!(d.stop().code, Some(0));
+}
+
+/// What docs/openapi.json promises beyond the happy path: every error is JSON (404 for unknown
+/// paths, 405 with Allow for unserved methods), `application/json; charset=utf-8` is JSON,
+/// `null` means absent for every optional field, and at most 64 rules are refused the
+/// documented way.
+#[test]
+fn every_answer_is_as_documented() {
+    let lab = Lab::new("ddoc");
+    let d = Daemon::start(&[]);
+    assert_json_error(
+        "unknown path",
+        &unix_request(&d, "GET", "/v2/nothing", "", ""),
+        404,
+    );
+    assert_json_error(
+        "trailing slash",
+        &unix_request(&d, "GET", "/v1/experiments/", "", ""),
+        404,
+    );
+    let wrong_method = unix_request(&d, "DELETE", "/v1/status", "", "");
+    assert_json_error("wrong method", &wrong_method, 405);
+    assert!(
+        wrong_method.1.contains("allow: get,head"),
+        "a 405 names the methods served: {}",
+        wrong_method.1
+    );
+    assert_json_error(
+        "wrong method on an experiment",
+        &unix_request(&d, "POST", "/v1/experiments/x", "", ""),
+        405,
+    );
+    // A JSON body with a charset parameter is JSON.
+    let body = experiment("charset", &lab.a, &["proto=udp dport=9000 drop=1%"]).to_string();
+    let (status, head, answer) = unix_request(
+        &d,
+        "POST",
+        "/v1/experiments",
+        "Content-Type: application/json; charset=utf-8\r\n",
+        &body,
+    );
+    assert_eq!(status, 201, "{head}\n{answer}");
+    // null is absent, for every optional field.
+    let mut nulls = experiment("nulls", &lab.a, &["proto=udp dport=9001 drop=1%"]);
+    for field in ["duration", "start_delay", "priority", "dry_run"] {
+        nulls[field] = Value::Null;
+    }
+    let view = call(&d, Method::POST, "/v1/experiments", Some(nulls.clone())).unwrap();
+    assert_eq!(view["phase"], "active", "{view}");
+    for field in ["duration", "start_delay", "priority", "dry_run"] {
+        assert!(view.get(field).is_none(), "{field} shown: {view}");
+    }
+    // netns null: the daemon's own namespace (an interface there that does not exist, so
+    // nothing outside the lab is touched).
+    nulls["netns"] = Value::Null;
+    nulls["name"] = json!("nulls-netns");
+    nulls["iface"] = json!("nosuch-api0");
+    match call(&d, Method::POST, "/v1/experiments", Some(nulls)) {
+        Err(ClientError::Refused { status, field, .. }) => {
+            assert_eq!((status.as_u16(), field.as_str()), (422, "iface"));
+        }
+        other => panic!("netns null: {other:?}"),
+    }
+    // 65 rules: 422 naming rules, whatever else is on the interface.
+    let many: Vec<String> = (0..65)
+        .map(|p| format!("proto=udp dport={} drop=1%", 20_000 + p))
+        .collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    match call(
+        &d,
+        Method::POST,
+        "/v1/experiments",
+        Some(experiment("many", &lab.a, &many)),
+    ) {
+        Err(ClientError::Refused {
+            status,
+            field,
+            message,
+        }) => {
+            assert_eq!(
+                (status.as_u16(), field.as_str()),
+                (422, "rules"),
+                "{message}"
+            );
+        }
+        other => panic!("65 rules: {other:?}"),
+    }
+    // priority is an int32: one past it is not an experiment.
+    let mut big = experiment("big", &lab.a, &["proto=udp dport=9002 drop=1%"]);
+    big["priority"] = json!(2_147_483_648_i64);
+    assert_json_error(
+        "priority past int32",
+        &unix_request(
+            &d,
+            "POST",
+            "/v1/experiments",
+            "Content-Type: application/json\r\n",
+            &big.to_string(),
+        ),
+        400,
+    );
+    big["priority"] = json!(i32::MAX);
+    call(&d, Method::POST, "/v1/experiments", Some(big)).unwrap();
     assert_eq!(d.stop().code, Some(0));
 }

@@ -14,8 +14,17 @@ use anyhow::{Context as _, Result, bail};
 use crate::{exec, require_root, step};
 
 /// Debian packages the tests and demo use: `ip` for namespaces and veth, `ping` for the ping
-/// test, `setpriv` for the missing-capability tests.
-const APT_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "util-linux"];
+/// test, `setpriv` and `unshare` for the missing-capability and API fuzzing tests, and Debian's
+/// own Python with `venv` for the fuzzer (schemathesis) the API test runs.
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "util-linux",
+    "python3",
+    "python3-venv",
+];
+/// The OpenAPI fuzzer `tests/tests/openapi.rs` drives the daemon's API with, from PyPI.
+const SCHEMATHESIS_VERSION: &str = "4.32.5";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// LLVM majors bpf-linker 0.13 has a feature for.
 const LLVM_MAJORS: std::ops::RangeInclusive<u32> = 21..=23;
@@ -26,6 +35,7 @@ pub fn run(root: &Path) -> Result<OsString> {
     nightly_components()?;
     stable_components()?;
     let linker_dir = bpf_linker(root)?;
+    schemathesis(root)?;
     vm_kernel(root)?;
     let mut path = OsString::from(linker_dir);
     if let Some(old) = std::env::var_os("PATH") {
@@ -236,6 +246,44 @@ fn linker_works(bin: &Path) -> bool {
     Command::new(bin).arg("--version").output().is_ok_and(|o| {
         o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
     })
+}
+
+/// schemathesis in its own venv, `.tools/venv` (the API test runs `.tools/venv/bin/schemathesis`),
+/// made with Debian's Python so another Python on PATH (pyenv, say) does not matter.
+fn schemathesis(root: &Path) -> Result<()> {
+    let venv = root.join(".tools/venv");
+    let bin = venv.join("bin/schemathesis");
+    let works = |bin: &Path| {
+        Command::new(bin).arg("--version").output().is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(SCHEMATHESIS_VERSION)
+        })
+    };
+    if works(&bin) {
+        return Ok(());
+    }
+    step(&format!(
+        "installing schemathesis {SCHEMATHESIS_VERSION} into {} (pip, ~30 s, once)",
+        venv.display()
+    ));
+    if !venv.join("bin/pip").exists() {
+        exec(
+            Command::new("/usr/bin/python3")
+                .args(["-m", "venv"])
+                .arg(&venv),
+        )?;
+    }
+    exec(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("schemathesis=={SCHEMATHESIS_VERSION}")),
+    )?;
+    if !works(&bin) {
+        bail!(
+            "schemathesis was installed but does not run; see {}",
+            venv.display()
+        );
+    }
+    Ok(())
 }
 
 /// The second kernel the delay tests boot (Debian's 6.12, with sch_fq and sch_netem), qemu and

@@ -4,8 +4,11 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::{Path, Request, State, rejection::JsonRejection},
-    http::{StatusCode, header},
+    extract::{
+        Path, Request, State,
+        rejection::{JsonRejection, PathRejection},
+    },
+    http::{Method, StatusCode, Uri, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -42,6 +45,9 @@ pub fn router(manager: Arc<Manager>, token: Option<String>) -> Router {
         .route("/v1/resume", post(resume))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
+        // Every answer is JSON as documented, also for a path or method the API does not serve.
+        .fallback(no_such_path)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(app);
     match token {
         Some(token) => router.layer(middleware::from_fn(move |req: Request, next: Next| {
@@ -57,19 +63,55 @@ async fn bearer(token: &str, req: Request, next: Next) -> Response {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     // subtle's constant-time compare: no early exit on the first differing byte.
     let ok =
         given.is_some_and(|g| subtle::ConstantTimeEq::ct_eq(g.as_bytes(), token.as_bytes()).into());
     if ok {
         next.run(req).await
     } else {
-        error(
+        let mut response = error(
             StatusCode::UNAUTHORIZED,
             "authorization",
-            "a valid bearer token is needed",
-        )
+            "a valid bearer token is needed (Authorization: Bearer <token>)",
+        );
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        response
     }
+}
+
+/// The token of an `Authorization` value: the scheme name is case-insensitive (RFC 9110 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
+}
+
+async fn no_such_path(uri: Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "path",
+        &format!("no such path: {} (see docs/openapi.json)", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    // The router adds the Allow header to this answer.
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method",
+        &format!("{} does not serve {method}", uri.path()),
+    )
+}
+
+/// A name the router could not decode (percent-encoding that is not UTF-8): no experiment can
+/// have it, so 404, as JSON.
+fn bad_path(rejection: PathRejection) -> Response {
+    error(StatusCode::NOT_FOUND, "name", &rejection.body_text())
 }
 
 fn error(status: StatusCode, field: &str, message: &str) -> Response {
@@ -126,9 +168,13 @@ async fn create(
 
 async fn replace(
     State(app): State<App>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     body: Result<Json<ExperimentSpec>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let Path(name) = match name {
+        Ok(n) => n,
+        Err(r) => return Ok(bad_path(r)),
+    };
     let Json(spec) = match body {
         Ok(b) => b,
         Err(r) => return Ok(bad_body(r)),
@@ -150,11 +196,25 @@ async fn replace(
     Ok((code, Json(view)).into_response())
 }
 
-async fn fetch(State(app): State<App>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn fetch(
+    State(app): State<App>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(name) = match name {
+        Ok(n) => n,
+        Err(r) => return Ok(bad_path(r)),
+    };
     Ok(Json(app.manager.get(&name).await?).into_response())
 }
 
-async fn remove(State(app): State<App>, Path(name): Path<String>) -> Result<Response, ApiError> {
+async fn remove(
+    State(app): State<App>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(name) = match name {
+        Ok(n) => n,
+        Err(r) => return Ok(bad_path(r)),
+    };
     app.manager.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -280,4 +340,19 @@ async fn metrics(State(app): State<App>) -> Result<Response, ApiError> {
         text,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_scheme_name_is_case_insensitive() {
+        for value in ["Bearer abc", "bearer abc", "BEARER abc", "  bEaReR   abc"] {
+            assert_eq!(bearer_token(value), Some("abc"), "{value:?}");
+        }
+        for value in ["Basic abc", "Bearerabc", "Bearer", "abc"] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
+    }
 }
