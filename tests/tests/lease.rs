@@ -5,7 +5,7 @@ use std::{
     net::SocketAddr, process::Command, sync::atomic::Ordering, thread::sleep, time::Duration,
 };
 
-use chaos_user::client::Client;
+use chaos_user::{client::Client, recover::LEASE_GRACE};
 use hyper::Method;
 use netlab::{
     ChaosProcess, Daemon, IFACE, Lab, QUIET, SERVER_V4, UdpCounter, heavy_traffic, monotonic_ns,
@@ -119,6 +119,8 @@ fn killed_run_with_an_orphaned_filter_stops_at_the_lease() {
         tc_filters(&lab.a).contains("chaos_egress"),
         "the filter was orphaned"
     );
+    // Its lease ran out (traffic flows); past the grace it is nobody's.
+    sleep(LEASE_GRACE);
     // chaos cleanup finds it, says so, and removes it.
     let out = netlab::chaos_output(&["cleanup", "--all-netns"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
@@ -181,11 +183,15 @@ fn a_new_daemon_removes_what_a_killed_one_left() {
         IFACE,
         "--attach",
         "netlink",
+        "--lease",
+        "1s",
         "--rule",
         "proto=udp dport=9000 drop=100%",
     ]);
     chaos.stop(libc::SIGKILL);
     assert!(tc_filters(&lab.a).contains("chaos_egress"), "left behind");
+    // Until its lease (and the grace) runs out it could be a live chaos's: wait that out.
+    sleep(Duration::from_secs(1) + LEASE_GRACE + Duration::from_millis(100));
     let d = Daemon::start(&[]);
     assert!(
         !tc_filters(&lab.a).contains("chaos_"),
