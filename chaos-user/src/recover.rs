@@ -161,11 +161,17 @@ fn owner(prog_id: u32) -> Owner {
 
 /// The `lease_until_ns` in the config map of program `prog_id`; None when it has no such map.
 fn lease_of(prog_id: u32) -> Result<Option<u64>, String> {
-    // aya 0.14 opens a program by id only while listing them all.
+    // aya 0.14 opens a program by id only while listing them all. Listing, and opening
+    // another process's program or map, takes CAP_SYS_ADMIN: without it the owner stays
+    // unknown, and the filter is left.
+    let mut refused = None;
     let program = loaded_programs()
-        .filter_map(Result::ok)
+        .filter_map(|p| p.map_err(|e| refused.get_or_insert(e.to_string())).ok())
         .find(|p| p.id() == prog_id)
-        .ok_or_else(|| format!("program {prog_id} not found (or not readable)"))?;
+        .ok_or_else(|| match &refused {
+            Some(e) => format!("listing BPF programs: {e} (reading a lease needs CAP_SYS_ADMIN)"),
+            None => format!("program {prog_id} is gone"),
+        })?;
     let map_ids = program
         .map_ids()
         .map_err(|e| format!("maps of program {prog_id}: {e}"))?
