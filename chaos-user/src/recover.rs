@@ -2,24 +2,44 @@
 //!
 //! A TCX link dies with the process that held it, but a netlink cls_bpf filter, chaos's fq
 //! (handle `ca05:`) and its `chaos-ifb*` devices stay. The lease keeps an orphaned program from
-//! injecting anything; this removes the rest. An interface that still has a chaos TCX program
-//! attached belongs to a running chaos and is left alone.
+//! injecting anything; this removes the rest.
+//!
+//! Only what no live chaos owns is a leftover. A chaos TCX program on an interface means a
+//! running chaos holds it (the link would have died with its process). A netlink filter says
+//! nothing by itself, so its program's config map decides: a controller renews the lease there
+//! every third of it, and a filter whose lease has not run out belongs to a live chaos (a
+//! `chaos run --attach netlink`, or a daemon on a kernel without TCX). Such an interface keeps
+//! its filters, its fq and its ifb; a filter whose lease ran out is removed wherever it is.
 
-use std::{fmt, thread};
+use std::{fmt, io, thread, time::Duration};
 
-use aya::programs::{SchedClassifier, TcAttachType, tc};
+use aya::{
+    maps::{Array, Map, MapData},
+    programs::{SchedClassifier, TcAttachType, loaded_programs},
+};
+use chaos_common::RuntimeConfig;
 use netlink_packet_route::{
     RouteNetlinkMessage,
     link::{LinkAttribute, LinkMessage},
-    tc::TcHandle,
+    tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcHeader, TcMessage, TcOption},
 };
 use serde::Serialize;
 
 use crate::{
-    netns,
+    host, netns,
     qdisc::{self, CHAOS_FQ_HANDLE},
     rtnl::Rtnl,
 };
+
+/// How long past the end of its lease a program still counts as its controller's. A live
+/// controller renews with two thirds of the lease to spare; this covers one that is late
+/// (starved of CPU, say) without keeping a killed one's filter for long. The program itself
+/// already passes everything in this window.
+pub const LEASE_GRACE: Duration = Duration::from_millis(500);
+
+/// The config map every chaos program uses (`chaos-ebpf`'s `maps.rs`; the kernel keeps the
+/// first 15 characters of a map name).
+const CONFIG_MAP: &str = "CHAOS_CONFIG";
 
 /// Program names chaos attaches (the kernel keeps the first 15 characters).
 const PROGRAM_NAMES: [&str; 2] = ["chaos_ingress", "chaos_egress"];
@@ -75,7 +95,7 @@ fn named_namespaces() -> Vec<String> {
 }
 
 /// Whether a running chaos holds TCX links on `iface`.
-fn in_use(iface: &str) -> bool {
+fn tcx_in_use(iface: &str) -> bool {
     [TcAttachType::Ingress, TcAttachType::Egress]
         .iter()
         .any(|t| {
@@ -85,6 +105,154 @@ fn in_use(iface: &str) -> bool {
                     .any(|p| p.name_as_str().is_some_and(|n| PROGRAM_NAMES.contains(&n)))
             })
         })
+}
+
+/// A chaos `cls_bpf` filter as the kernel lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Filter {
+    /// The header as dumped: interface, parent, handle, priority and protocol, which is what
+    /// deleting exactly this filter takes.
+    header: TcHeader,
+    name: String,
+    prog_id: u32,
+}
+
+impl Filter {
+    fn direction(&self) -> &'static str {
+        if self.header.parent.minor == TcHandle::MIN_EGRESS {
+            "egress"
+        } else {
+            "ingress"
+        }
+    }
+}
+
+/// Who a filter belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Owner {
+    /// A controller whose lease has not run out.
+    Live,
+    /// Nobody: its lease ran out, or it never had one.
+    Dead,
+    /// Its lease could not be read (why): left alone, as if live.
+    Unknown(String),
+}
+
+/// Whether a lease ending at `lease_until_ns` still holds at `now_ns` (CLOCK_MONOTONIC), with
+/// [`LEASE_GRACE`].
+fn lease_holds(lease_until_ns: u64, now_ns: u64) -> bool {
+    // 0 means "no lease" to the program (it then injects without one). chaos always sets a
+    // lease before it attaches, so a program without one is no live chaos's: a leftover.
+    lease_until_ns != 0 && now_ns <= lease_until_ns.saturating_add(LEASE_GRACE.as_nanos() as u64)
+}
+
+/// The owner of a filter whose program is `prog_id`, by the lease in the program's config map.
+fn owner(prog_id: u32) -> Owner {
+    match lease_of(prog_id) {
+        Ok(Some(lease_until_ns)) if lease_holds(lease_until_ns, host::monotonic_ns()) => {
+            Owner::Live
+        }
+        Ok(Some(_)) => Owner::Dead,
+        // A chaos-named filter whose program has no chaos config map: not chaos's to keep.
+        Ok(None) => Owner::Dead,
+        Err(e) => Owner::Unknown(e),
+    }
+}
+
+/// The `lease_until_ns` in the config map of program `prog_id`; None when it has no such map.
+fn lease_of(prog_id: u32) -> Result<Option<u64>, String> {
+    // aya 0.14 opens a program by id only while listing them all. Listing, and opening
+    // another process's program or map, takes CAP_SYS_ADMIN: without it the owner stays
+    // unknown, and the filter is left.
+    let mut refused = None;
+    let program = loaded_programs()
+        .filter_map(|p| p.map_err(|e| refused.get_or_insert(e.to_string())).ok())
+        .find(|p| p.id() == prog_id)
+        .ok_or_else(|| match &refused {
+            Some(e) => format!("listing BPF programs: {e} (reading a lease needs CAP_SYS_ADMIN)"),
+            None => format!("program {prog_id} is gone"),
+        })?;
+    let map_ids = program
+        .map_ids()
+        .map_err(|e| format!("maps of program {prog_id}: {e}"))?
+        .ok_or_else(|| format!("this kernel does not list the maps of program {prog_id}"))?;
+    for id in map_ids {
+        let map = MapData::from_id(id).map_err(|e| format!("opening map {id}: {e}"))?;
+        let info = map.info().map_err(|e| format!("map {id}: {e}"))?;
+        if info.name_as_str() != Some(CONFIG_MAP) {
+            continue;
+        }
+        let config: Array<MapData, RuntimeConfig> = Map::from_map_data(map)
+            .and_then(Array::try_from)
+            .map_err(|e| format!("map {id} ({CONFIG_MAP}): {e}"))?;
+        let entry = config
+            .get(&0, 0)
+            .map_err(|e| format!("reading map {id} ({CONFIG_MAP}): {e}"))?;
+        return Ok(Some(entry.lease_until_ns));
+    }
+    Ok(None)
+}
+
+/// The parents of the clsact hooks, ingress and egress.
+fn clsact_parents() -> [TcHandle; 2] {
+    [TcHandle::MIN_INGRESS, TcHandle::MIN_EGRESS].map(|minor| TcHandle {
+        major: TcHandle::CLSACT.major,
+        minor,
+    })
+}
+
+/// The chaos `cls_bpf` filters on `ifindex`'s clsact hooks.
+fn chaos_filters(rtnl: &mut Rtnl, ifindex: u32) -> io::Result<Vec<Filter>> {
+    let mut found = Vec::new();
+    for parent in clsact_parents() {
+        let mut request = TcMessage::with_index(ifindex as i32);
+        request.header.parent = parent;
+        // An interface without clsact lists nothing.
+        for reply in rtnl.dump(RouteNetlinkMessage::GetTrafficFilter(request))? {
+            if let RouteNetlinkMessage::NewTrafficFilter(message) = reply
+                && message.header.index == ifindex as i32
+                && message.header.parent == parent
+                && let Some(filter) = chaos_filter(message)
+            {
+                found.push(filter);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The filter in a dumped message, if it is a `cls_bpf` filter with one of chaos's names. (A
+/// dump also lists each priority level alone, handle 0 and no options: skipped.)
+fn chaos_filter(message: TcMessage) -> Option<Filter> {
+    let (mut name, mut prog_id) = (None, None);
+    for attribute in message.attributes {
+        if let TcAttribute::Options(options) = attribute {
+            for option in options {
+                match option {
+                    TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => name = Some(n),
+                    TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => prog_id = Some(id),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let name = name.filter(|n| PROGRAM_NAMES.contains(&n.as_str()))?;
+    Some(Filter {
+        header: message.header,
+        name,
+        prog_id: prog_id?,
+    })
+}
+
+/// Deletes exactly `filter` (its handle at its priority), not every filter of that name.
+fn delete_filter(rtnl: &mut Rtnl, filter: &Filter) -> io::Result<()> {
+    let message = TcMessage::from_parts(filter.header.clone(), Vec::new());
+    match rtnl.request(RouteNetlinkMessage::DelTrafficFilter(message), 0) {
+        Ok(_) => Ok(()),
+        // Gone meanwhile (its owner exited, or another clean-up was first).
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 fn clean_here(ns: &str) -> Result<Vec<Removed>, String> {
@@ -98,23 +266,42 @@ fn clean_here(ns: &str) -> Result<Vec<Removed>, String> {
             what,
         })
     };
+    let place = if ns.is_empty() {
+        String::new()
+    } else {
+        format!(" in netns {ns}")
+    };
     for (index, name) in &links {
         if name.starts_with("chaos-ifb") {
             continue; // handled below, with the interface it served
         }
-        if in_use(name) {
-            continue;
-        }
-        for (attach, dir) in [
-            (TcAttachType::Ingress, "ingress"),
-            (TcAttachType::Egress, "egress"),
-        ] {
-            for program in PROGRAM_NAMES {
-                // An error is NotFound (nothing of ours) or an interface without clsact.
-                if tc::qdisc_detach_program(name, attach, program).is_ok() {
-                    note(name, format!("cls_bpf {program} ({dir})"));
+        let mut live = tcx_in_use(name);
+        let filters = chaos_filters(&mut rtnl, *index)
+            .map_err(|e| format!("listing the filters of {name}: {e}"))?;
+        for filter in filters {
+            match owner(filter.prog_id) {
+                Owner::Live => live = true,
+                Owner::Unknown(why) => {
+                    tracing::warn!(
+                        "left cls_bpf {} on {name}{place}: cannot tell whether a chaos still owns it: {why}",
+                        filter.name
+                    );
+                    live = true;
+                }
+                Owner::Dead => {
+                    delete_filter(&mut rtnl, &filter).map_err(|e| {
+                        format!("removing cls_bpf {} from {name}: {e}", filter.name)
+                    })?;
+                    note(
+                        name,
+                        format!("cls_bpf {} ({})", filter.name, filter.direction()),
+                    );
                 }
             }
+        }
+        if live {
+            // A running chaos's fq and ifb.
+            continue;
         }
         let root = qdisc::root_qdisc(&mut rtnl, *index)
             .map_err(|e| format!("listing qdiscs of {name}: {e}"))?;
@@ -148,4 +335,115 @@ fn links(rtnl: &mut Rtnl) -> std::io::Result<Vec<(u32, String)>> {
             _ => None,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_core::{Emitable, Parseable};
+
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_lease_holds_until_its_end_and_the_grace() {
+        let grace = LEASE_GRACE.as_nanos() as u64;
+        let end = 100 * SECOND;
+        assert!(
+            lease_holds(end, end - 2 * SECOND),
+            "renewed, two thirds to spare"
+        );
+        assert!(lease_holds(end, end), "at its end");
+        assert!(
+            lease_holds(end, end + grace),
+            "a late renewal is still live"
+        );
+        assert!(
+            !lease_holds(end, end + grace + 1),
+            "ran out: a killed chaos's"
+        );
+        assert!(lease_holds(u64::MAX, u64::MAX), "no overflow");
+        // No lease at all is no live chaos's: chaos sets one before attaching.
+        assert!(!lease_holds(0, 0));
+        assert!(!lease_holds(0, 100 * SECOND));
+    }
+
+    /// A filter as the kernel dumps it: header, kind, then cls_bpf's options.
+    fn dumped(parent_minor: u16, handle: u32, options: Vec<TcFilterBpfOption>) -> Vec<u8> {
+        let mut message = TcMessage::with_index(7);
+        message.header.parent = TcHandle {
+            major: 0xffff,
+            minor: parent_minor,
+        };
+        message.header.handle = handle.into();
+        // Priority 49152, protocol ETH_P_ALL in network order.
+        message.header.info = (49152 << 16) | u32::from(0x0003u16.to_be());
+        message.attributes = vec![TcAttribute::Kind("bpf".to_owned())];
+        if !options.is_empty() {
+            message.attributes.push(TcAttribute::Options(
+                options.into_iter().map(TcOption::Bpf).collect(),
+            ));
+        }
+        let mut bytes = vec![0; message.buffer_len()];
+        message.emit(&mut bytes);
+        bytes
+    }
+
+    #[test]
+    fn finds_chaos_filters_in_a_dump() {
+        let bytes = dumped(
+            0xfff3,
+            1,
+            vec![
+                TcFilterBpfOption::ProgName("chaos_egress".to_owned()),
+                TcFilterBpfOption::ProgId(42),
+                TcFilterBpfOption::ProgTag([1; 8]),
+            ],
+        );
+        let filter = chaos_filter(TcMessage::parse(&bytes[..]).unwrap()).expect("ours");
+        assert_eq!(filter.name, "chaos_egress");
+        assert_eq!(filter.prog_id, 42);
+        assert_eq!(filter.direction(), "egress");
+        assert_eq!(u32::from(filter.header.parent), 0xffff_fff3);
+        assert_eq!(filter.header.info >> 16, 49152);
+        assert_eq!(u32::from(filter.header.handle), 1);
+        assert!(clsact_parents().contains(&filter.header.parent));
+    }
+
+    #[test]
+    fn skips_what_is_not_a_chaos_filter() {
+        let named = |name: &str| {
+            dumped(
+                0xfff2,
+                1,
+                vec![
+                    TcFilterBpfOption::ProgName(name.to_owned()),
+                    TcFilterBpfOption::ProgId(9),
+                ],
+            )
+        };
+        let parse = |bytes: Vec<u8>| chaos_filter(TcMessage::parse(&bytes[..]).unwrap());
+        assert!(parse(named("chaos_ingress")).is_some());
+        assert_eq!(parse(named("cilium_ingress")), None);
+        // A priority level listed alone: no handle, no options.
+        assert_eq!(parse(dumped(0xfff2, 0, Vec::new())), None);
+    }
+
+    #[test]
+    fn deleting_a_filter_names_exactly_it() {
+        let bytes = dumped(
+            0xfff3,
+            5,
+            vec![
+                TcFilterBpfOption::ProgName("chaos_egress".to_owned()),
+                TcFilterBpfOption::ProgId(42),
+            ],
+        );
+        let filter = chaos_filter(TcMessage::parse(&bytes[..]).unwrap()).unwrap();
+        let request = TcMessage::from_parts(filter.header.clone(), Vec::new());
+        let mut emitted = vec![0; request.buffer_len()];
+        request.emit(&mut emitted);
+        // struct tcmsg only: ifindex, handle, parent, priority and protocol as dumped.
+        assert_eq!(emitted, bytes[..20]);
+    }
 }

@@ -1,9 +1,11 @@
 //! Faults never outlive their controller: the lease and expiry enforced by the program itself,
 //! and the clean-up of what a killed chaos left behind. Measured with real traffic.
 
-use std::{net::SocketAddr, process::Command, sync::atomic::Ordering, time::Duration};
+use std::{
+    net::SocketAddr, process::Command, sync::atomic::Ordering, thread::sleep, time::Duration,
+};
 
-use chaos_user::client::Client;
+use chaos_user::{client::Client, recover::LEASE_GRACE};
 use hyper::Method;
 use netlab::{
     ChaosProcess, Daemon, IFACE, Lab, QUIET, SERVER_V4, UdpCounter, heavy_traffic, monotonic_ns,
@@ -117,6 +119,8 @@ fn killed_run_with_an_orphaned_filter_stops_at_the_lease() {
         tc_filters(&lab.a).contains("chaos_egress"),
         "the filter was orphaned"
     );
+    // Its lease ran out (traffic flows); past the grace it is nobody's.
+    sleep(LEASE_GRACE);
     // chaos cleanup finds it, says so, and removes it.
     let out = netlab::chaos_output(&["cleanup", "--all-netns"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
@@ -179,11 +183,15 @@ fn a_new_daemon_removes_what_a_killed_one_left() {
         IFACE,
         "--attach",
         "netlink",
+        "--lease",
+        "1s",
         "--rule",
         "proto=udp dport=9000 drop=100%",
     ]);
     chaos.stop(libc::SIGKILL);
     assert!(tc_filters(&lab.a).contains("chaos_egress"), "left behind");
+    // Until its lease (and the grace) runs out it could be a live chaos's: wait that out.
+    sleep(Duration::from_secs(1) + LEASE_GRACE + Duration::from_millis(100));
     let d = Daemon::start(&[]);
     assert!(
         !tc_filters(&lab.a).contains("chaos_"),
@@ -200,5 +208,82 @@ fn a_new_daemon_removes_what_a_killed_one_left() {
         !again.stdout.contains(&lab.a),
         "nothing more to find: {}",
         again.stdout
+    );
+}
+
+fn tc_qdiscs(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "tc", "qdisc", "show", "dev", IFACE])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Datagrams of `count` sent to `port`, 5 ms apart, that arrived.
+fn arrived_of(lab: &Lab, port: u16, count: u64) -> u64 {
+    let dst: SocketAddr = (SERVER_V4, port).into();
+    let rx = UdpCounter::start(&lab.b, dst);
+    let errors = udp_send_to(&lab.a, &[dst], count, 32, Some(Duration::from_millis(5)));
+    assert_eq!(errors, 0, "loss is silent");
+    rx.finish().0
+}
+
+/// A running `chaos run --attach netlink` is nobody's leftover: `chaos cleanup` and a starting
+/// daemon (which cleans every named namespace, other tests' included) leave its filter, and its
+/// faults, alone. The lease in its program's config map says it is alive.
+#[test]
+fn a_live_netlink_run_survives_cleanup_and_a_new_daemon() {
+    // One at a time: a starting daemon cleans every namespace, orphans of other tests included.
+    let _serial = heavy_traffic();
+    let lab = Lab::new("llive");
+    let clsact_before = tc_qdiscs(&lab.a).contains("clsact");
+    let chaos = ChaosProcess::start(&[
+        "--netns",
+        &lab.a,
+        "--iface",
+        IFACE,
+        "--attach",
+        "netlink",
+        "--lease",
+        "1s",
+        "--rule",
+        "proto=udp dport=9000 drop=100%",
+    ]);
+    // Past the first lease: only the run's renewals keep it live now.
+    sleep(Duration::from_millis(1500));
+    let cleanup = netlab::chaos_output(&["cleanup", "--all-netns"]);
+    assert_eq!(cleanup.code, Some(0), "{}", cleanup.stderr);
+    assert!(
+        !cleanup.stdout.contains(&lab.a) && !cleanup.stderr.contains(&lab.a),
+        "chaos cleanup touched the live run: {}{}",
+        cleanup.stdout,
+        cleanup.stderr
+    );
+    let d = Daemon::start(&[]);
+    let dropped = arrived_of(&lab, 9000, 300);
+    let other = arrived_of(&lab, 9001, 100);
+    let daemon = d.stop();
+    eprintln!(
+        "live netlink run after chaos cleanup and a new daemon: {dropped} of 300 to the dropped port arrived, {other} of 100 to another"
+    );
+    assert!(
+        !daemon.stderr.contains(&lab.a),
+        "the daemon touched the live run: {}",
+        daemon.stderr
+    );
+    assert_eq!(dropped, 0, "the run still drops everything");
+    assert_eq!(other, 100, "and only what it matches");
+    let during = tc_filters(&lab.a);
+    assert!(during.contains("chaos_egress"), "still attached: {during}");
+    let exit = chaos.stop(libc::SIGINT);
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    assert!(
+        !tc_filters(&lab.a).contains("chaos_"),
+        "the run removed its own filter"
+    );
+    assert_eq!(
+        tc_qdiscs(&lab.a).contains("clsact"),
+        clsact_before,
+        "and the clsact it added"
     );
 }

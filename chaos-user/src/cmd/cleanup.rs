@@ -8,7 +8,8 @@ use crate::{InputError, caps, recover};
 
 /// Remove what a killed chaos left behind (netlink filters, its fq, its ifb devices).
 ///
-/// Interfaces where a running chaos holds TCX links are left alone.
+/// Interfaces a running chaos still owns (TCX links, or a netlink filter whose lease has not run
+/// out) are left alone.
 #[derive(Debug, Args)]
 pub struct CleanupArgs {
     /// Also look in every named network namespace (/run/netns).

@@ -175,6 +175,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Maps sized to this rule set: it is known before loading and never changes.
     let capacity = Capacity::for_rule_set(&plan.set);
     let mut injector = Injector::load(&args.iface, ifindex, capacity).map_err(load_error)?;
+    // The lease before the attachment: it is how another chaos cleaning up tells this run's
+    // netlink filter from a leftover (`crate::recover`).
     injector
         .renew_lease(args.lease)
         .context("writing the lease")?;

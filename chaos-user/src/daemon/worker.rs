@@ -164,7 +164,7 @@ fn run(
     incoming: mpsc::Receiver<Request>,
     ready: oneshot::Sender<Result<(), ExperimentError>>,
 ) {
-    let mut injector = match set_up(&target) {
+    let mut injector = match set_up(&target, lease) {
         Ok(ok) => ok,
         Err(e) => {
             // The daemon may have given up waiting; nothing else to do with the error then.
@@ -204,8 +204,9 @@ fn run(
     info!(%target, "detached and restored");
 }
 
-/// Enters the namespace, loads and attaches; a refusal names the field to blame.
-fn set_up(target: &Target) -> Result<Injector, ExperimentError> {
+/// Enters the namespace, loads, takes the lease and attaches; a refusal names the field to
+/// blame.
+fn set_up(target: &Target, lease: Duration) -> Result<Injector, ExperimentError> {
     if let Some(ns) = &target.netns {
         netns::enter(ns).map_err(|e| ExperimentError::new("netns", e.to_string()))?;
     }
@@ -214,6 +215,11 @@ fn set_up(target: &Target) -> Result<Injector, ExperimentError> {
         .ok_or_else(|| iface(format!("interface '{target}' not found")))?;
     host::check_link_type(&target.iface, ifindex).map_err(iface)?;
     let mut injector = Injector::load(&target.iface, ifindex, Capacity::DAEMON)
+        .map_err(|e| iface(first_line(&e.to_string())))?;
+    // The lease before the attachment: a netlink filter whose program has none looks like a
+    // leftover to another chaos cleaning up (`crate::recover`), and would be removed.
+    injector
+        .renew_lease(lease)
         .map_err(|e| iface(first_line(&e.to_string())))?;
     // Both directions from the start: a rule set without rules for a direction costs one map
     // lookup per packet there, and later rule sets never have to attach.
