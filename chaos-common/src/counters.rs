@@ -17,6 +17,22 @@ pub struct RuleCounters {
     pub held_ns: u64,
     /// Packets dropped because the rate's queue was full (not counted in `dropped_*`).
     pub rate_dropped_pkts: u64,
+    /// Connections (TCP connections, UDP flows) a connection rule saw begin.
+    pub conns_seen: u64,
+    /// Of those, the ones chosen for the rule's faults (`conn-p`, `max-conns`).
+    pub conns_chosen: u64,
+    /// Connection attempts answered with a RST (`refuse`).
+    pub conns_refused: u64,
+    /// Connections aborted with a RST to both ends (`reset`).
+    pub conns_reset: u64,
+    /// Connections whose packets are lost from then on (`hang`).
+    pub conns_hung: u64,
+    /// Packets lost because their connection hung or was reset (not counted in `dropped_*`).
+    pub conn_dropped_pkts: u64,
+    /// Packets sent twice (`duplicate`).
+    pub duplicated_pkts: u64,
+    /// Packets with a payload bit flipped (`corrupt`).
+    pub corrupted_pkts: u64,
 }
 
 impl RuleCounters {
@@ -31,6 +47,14 @@ impl RuleCounters {
         self.delayed_pkts += other.delayed_pkts;
         self.held_ns += other.held_ns;
         self.rate_dropped_pkts += other.rate_dropped_pkts;
+        self.conns_seen += other.conns_seen;
+        self.conns_chosen += other.conns_chosen;
+        self.conns_refused += other.conns_refused;
+        self.conns_reset += other.conns_reset;
+        self.conns_hung += other.conns_hung;
+        self.conn_dropped_pkts += other.conn_dropped_pkts;
+        self.duplicated_pkts += other.duplicated_pkts;
+        self.corrupted_pkts += other.corrupted_pkts;
     }
 }
 
@@ -38,4 +62,4 @@ impl RuleCounters {
 // SAFETY: plain `#[repr(C)]` u64s; every bit pattern is valid.
 unsafe impl aya::Pod for RuleCounters {}
 
-const _: () = assert!(core::mem::size_of::<RuleCounters>() == 72);
+const _: () = assert!(core::mem::size_of::<RuleCounters>() == 136);

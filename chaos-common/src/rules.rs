@@ -104,6 +104,9 @@ pub struct RuntimeConfig {
     pub lease_until_ns: u64,
 }
 
+/// Some rule makes packets (duplicates, RSTs): packets with [`CHAOS_SKB_MARK`] are its own.
+pub const CONFIG_F_CLONES: u32 = 1 << 1;
+
 /// Delay of locally sent TCP is applied to the connection's returning packets, on ingress.
 ///
 /// fq holding a local socket's own packets stalls TCP: they stay charged to the socket, and
@@ -137,6 +140,10 @@ pub struct GenSettings {
     pub guard_ports: [u16; MAX_GUARD_PORTS],
     /// How each address table is looked up, by `TABLE_*`.
     pub addr: [AddrLookup; TABLES],
+    /// By `DIR_*`: non-zero when rules of the other direction hang or reset connections, so
+    /// packets this way look their connection up reversed.
+    pub conn_reverse: [u8; 2],
+    pub _pad2: [u8; 6],
     /// Number of `guard_ports` in use.
     pub guard_count: u32,
     pub _pad: u32,
@@ -158,6 +165,8 @@ impl Default for GenSettings {
             dst_any: [0; 2],
             guard_ports: [0; MAX_GUARD_PORTS],
             addr: [AddrLookup::default(); TABLES],
+            conn_reverse: [0; 2],
+            _pad2: [0; 6],
             guard_count: 0,
             _pad: 0,
             guard_rules: [0; MAX_GUARD_PORTS],
@@ -234,7 +243,98 @@ pub struct RuleAction {
     /// Past this CLOCK_MONOTONIC time (ns) the rule is ignored: an experiment's end, enforced
     /// by the program itself. 0: no end.
     pub expires_ns: u64,
+    /// Share of connections (TCP connections, UDP 5-tuples) the rule's faults apply to, decided
+    /// at a flow's first packet; scaled by [`PROB_ONE`]. Used with `ACTION_F_CONN`.
+    pub conn_prob: u32,
+    /// `CONN_F_*` bits: what happens to a chosen connection.
+    pub conn_flags: u32,
+    /// `hang` or `reset` begins this long after the connection's first packet (`CONN_F_AFTER_TIME`).
+    pub after_ns: u64,
+    /// `hang` or `reset` begins once this many payload bytes passed (`CONN_F_AFTER_BYTES`).
+    pub after_bytes: u64,
+    /// Added latency of a connection's first packet (`CONN_F_CONNECT_DELAY`).
+    pub connect_delay_ns: u64,
+    /// Only this many connections are chosen, then the rule passes (0: no limit).
+    pub max_conns: u32,
+    /// Tells this rule's connection entries from those of an earlier rule in the same slot.
+    pub conn_epoch: u32,
+    /// Share of packets sent twice (`ACTION_F_DUPLICATE`), scaled by [`PROB_ONE`].
+    pub duplicate_prob: u32,
+    /// Share of packets with one payload bit flipped (`ACTION_F_CORRUPT`).
+    pub corrupt_prob: u32,
+    /// Gilbert-Elliott loss (`ACTION_F_GE`), by `GE_*`, each scaled by [`PROB_ONE`].
+    pub ge: [u32; 4],
 }
+
+/// The rule keeps per-connection state (`conn-p`, `refuse`, `hang`, `reset`, `max-conns`,
+/// `connect-delay`): its packets look up the connection table.
+pub const ACTION_F_CONN: u32 = 1 << 3;
+/// The rule sends a share of its packets twice.
+pub const ACTION_F_DUPLICATE: u32 = 1 << 4;
+/// The rule flips a payload bit of a share of its packets.
+pub const ACTION_F_CORRUPT: u32 = 1 << 5;
+/// The rule loses packets by the Gilbert-Elliott model instead of `drop_prob`.
+pub const ACTION_F_GE: u32 = 1 << 6;
+
+/// A TCP connection attempt is answered with a RST.
+pub const CONN_F_REFUSE: u32 = 1 << 0;
+/// After the handshake (or the trigger), every packet of the connection is lost, both ways.
+pub const CONN_F_HANG: u32 = 1 << 1;
+/// After the handshake (or the trigger), both ends receive a RST.
+pub const CONN_F_RESET: u32 = 1 << 2;
+/// `hang`/`reset` waits `after_ns` from the connection's first packet.
+pub const CONN_F_AFTER_TIME: u32 = 1 << 3;
+/// `hang`/`reset` waits for `after_bytes` of payload.
+pub const CONN_F_AFTER_BYTES: u32 = 1 << 4;
+/// The connection's first packet is delayed by `connect_delay_ns`.
+pub const CONN_F_CONNECT_DELAY: u32 = 1 << 5;
+
+/// Index into [`RuleAction::ge`]: chance to move from the good state to the bad one.
+pub const GE_P: usize = 0;
+/// Chance to move from the bad state back to the good one.
+pub const GE_R: usize = 1;
+/// Chance a packet is lost in the bad state (netem's `1-h`).
+pub const GE_LOSS_BAD: usize = 2;
+/// Chance a packet is lost in the good state (netem's `1-k`).
+pub const GE_LOSS_GOOD: usize = 3;
+
+/// `skb->mark` of a packet chaos made (a duplicate, a RST, the kept part of a cut segment): the
+/// program lets it pass once, unfaulted, and clears the mark. Checked only while
+/// `CONFIG_F_CLONES` is set, so other users of marks see no difference otherwise.
+pub const CHAOS_SKB_MARK: u32 = 0x6368_6173;
+
+/// One connection (or UDP flow) a connection rule has seen, keyed by its [`FlowKey`] in the
+/// direction the rule matched; packets the other way look it up reversed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnEntry {
+    /// CLOCK_MONOTONIC time of the flow's first packet the rule saw.
+    pub first_ns: u64,
+    /// UDP: payload bytes that passed the rule's way.
+    pub bytes: u64,
+    /// The rule's `conn_epoch` when the entry was made: another rule in the slot starts anew.
+    pub epoch: u32,
+    /// `generation * MAX_RULES + rule` of the rule, for packets the other way.
+    pub index: u32,
+    /// TCP: sequence number of the first payload byte (`after-bytes` counts from it).
+    pub base_seq: u32,
+    /// `CONN_*` state.
+    pub state: u8,
+    /// Non-zero: the flow was chosen (`conn-p`, `max-conns`); otherwise the rule passes it.
+    pub chosen: u8,
+    pub _pad: [u8; 2],
+}
+
+/// The connection passes (not yet triggered).
+pub const CONN_OPEN: u8 = 0;
+/// Every packet of the connection is lost, both ways.
+pub const CONN_HUNG: u8 = 1;
+/// Both ends were sent a RST; whatever still comes is lost.
+pub const CONN_RESET: u8 = 2;
+
+/// Connections a `chaos run` with connection rules tracks (least recently used ones are
+/// forgotten, and then start anew as connections seen for the first time).
+pub const MAX_CONNS: u32 = 65536;
 
 /// The rule delays a share of its packets.
 pub const ACTION_F_DELAY: u32 = 1 << 0;
@@ -426,17 +526,26 @@ mod pod {
     unsafe impl aya::Pod for super::Ipv6TrieKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DistTable {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ConnEntry {}
 }
 
 const _: () = assert!(core::mem::size_of::<RuntimeConfig>() == 24);
 const _: () = assert!(
     core::mem::size_of::<GenSettings>()
-        == 8 * 12 + 2 * MAX_GUARD_PORTS + 4 * 8 + 8 + 8 * MAX_GUARD_PORTS + 2 * 8 * PORT_CLASSES
+        == 8 * 12
+            + 2 * MAX_GUARD_PORTS
+            + 4 * 8
+            + 8
+            + 8
+            + 8 * MAX_GUARD_PORTS
+            + 2 * 8 * PORT_CLASSES
 );
 const _: () = assert!(core::mem::size_of::<Ipv4PrefixKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Ipv6PrefixKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Ipv4TrieKey>() == 5);
 const _: () = assert!(core::mem::size_of::<Ipv6TrieKey>() == 17);
 const _: () = assert!(core::mem::size_of::<PortClasses>() == PORT_BLOCK);
-const _: () = assert!(core::mem::size_of::<RuleAction>() == 64);
+const _: () = assert!(core::mem::size_of::<RuleAction>() == 128);
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);

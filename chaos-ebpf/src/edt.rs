@@ -162,3 +162,22 @@ fn keep_order(flow: &Flow, at: u64) -> u64 {
         Ok(()) | Err(_) => at,
     }
 }
+
+/// Holds the packet `ns` from now (after any departure time it already has): the held time.
+#[inline(always)]
+pub fn hold_for(ctx: &TcContext, ns: u64) -> u64 {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: reading fields of the context the kernel handed us.
+    let (stamp, stamp_type) = unsafe { ((*ctx.skb.skb).tstamp, (*ctx.skb.skb).tstamp_type) };
+    let from = if u32::from(stamp_type) == TSTAMP_DELIVERY_MONO && stamp > now {
+        stamp
+    } else {
+        now
+    };
+    // SAFETY: the context's own skb; a failure leaves the packet unstamped, i.e. not held.
+    if unsafe { bpf_skb_set_tstamp(ctx.skb.skb, from + ns, TSTAMP_DELIVERY_MONO) } != 0 {
+        return 0;
+    }
+    from + ns - now
+}

@@ -2,7 +2,10 @@
 #![no_std]
 #![no_main]
 
+mod conn;
+mod craft;
 mod edt;
+mod faults;
 mod maps;
 mod parse;
 mod verdict;
@@ -18,6 +21,19 @@ pub fn chaos_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn chaos_egress(ctx: TcContext) -> i32 {
     verdict::classify(&ctx, DIR_EGRESS)
+}
+
+/// Connection faults, duplicates, corruption and burst loss for packets seen on ingress,
+/// reached from `chaos_ingress` by a tail call (`CHAOS_JUMP`); never attached.
+#[classifier]
+pub fn chaos_faults_ingress(ctx: TcContext) -> i32 {
+    verdict::classify_faults(&ctx, DIR_INGRESS)
+}
+
+/// As `chaos_faults_ingress`, for egress.
+#[classifier]
+pub fn chaos_faults_egress(ctx: TcContext) -> i32 {
+    verdict::classify_faults(&ctx, DIR_EGRESS)
 }
 
 /// Does nothing: the baseline `cargo xtask bench` measures chaos's cost against, loaded from the

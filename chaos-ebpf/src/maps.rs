@@ -4,14 +4,14 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use chaos_common::{
     GenSettings, RuleAction, RuleCounters, RuntimeConfig,
     rules::{
-        DIST_TABLES, DistTable, FlowKey, GENERATIONS, Ipv4PrefixKey, Ipv4TrieKey, Ipv6PrefixKey,
-        Ipv6TrieKey, MAX_FLOWS, MAX_PREFIXES, MAX_REVERSE_FLOWS, MAX_RULES, PORT_BLOCKS,
-        PortClasses, RateState, RuleMask,
+        ConnEntry, DIST_TABLES, DistTable, FlowKey, GENERATIONS, Ipv4PrefixKey, Ipv4TrieKey,
+        Ipv6PrefixKey, Ipv6TrieKey, MAX_CONNS, MAX_FLOWS, MAX_PREFIXES, MAX_REVERSE_FLOWS,
+        MAX_RULES, PORT_BLOCKS, PortClasses, RateState, RuleMask,
     },
 };
 
@@ -106,3 +106,28 @@ pub static CHAOS_FLOW_DEPARTURE: LruHashMap<FlowKey, u64> =
 #[map]
 pub static CHAOS_REVERSE_DELAY: LruHashMap<FlowKey, u32> =
     LruHashMap::with_max_entries(MAX_REVERSE_FLOWS, 0);
+
+/// Connections that connection rules (`conn-p`, `refuse`, `hang`, `reset`, ...) have seen, keyed
+/// the way the rule matched them. Only such rules look it up; the loader sizes it at load (one
+/// entry when the rule set has none).
+#[map]
+pub static CHAOS_CONNS: LruHashMap<FlowKey, ConnEntry> = LruHashMap::with_max_entries(MAX_CONNS, 0);
+
+/// Connections each rule has chosen so far, by counter slot: `max-conns` stops there.
+#[map]
+pub static CHAOS_CONN_QUOTA: Array<u64> = Array::with_max_entries(MAX_RULES, 0);
+
+/// Gilbert-Elliott state of each rule by counter slot: 0 good, 1 bad. Shared by all CPUs, as
+/// netem's is by its one queue.
+#[map]
+pub static CHAOS_GE_STATE: Array<u32> = Array::with_max_entries(MAX_RULES, 0);
+
+/// Room to sum a stretch of packet bytes that may lie outside the linear buffer.
+#[map]
+pub static CHAOS_SCRATCH: PerCpuArray<[u8; crate::craft::SCRATCH]> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// The fault programs (`chaos_faults_ingress`, `chaos_faults_egress`) by `DIR_*`: connection
+/// faults, duplicates, corruption and burst loss run there, reached by a tail call.
+#[map]
+pub static CHAOS_JUMP: ProgramArray = ProgramArray::with_max_entries(2, 0);

@@ -43,6 +43,14 @@ pub struct Flow {
     pub proto: usize,
     /// `None` for protocols without ports and for non-first fragments.
     pub ports: Option<(u16, u16)>,
+    /// Offset of the IP header.
+    pub l3: usize,
+    /// Offset of the transport header.
+    pub l4: usize,
+    /// Bytes from the transport header to the end of the IP packet, by the IP header's own
+    /// length (a short frame's Ethernet padding is not payload); 0 when that length is 0 (a
+    /// BIG TCP packet), where the skb's length is the only measure.
+    pub l4_len: u32,
 }
 
 #[inline(always)]
@@ -90,9 +98,10 @@ pub fn parse(ctx: &TcContext) -> Option<Flow> {
 fn parse_ipv4(ctx: &TcContext, offset: usize) -> Option<Flow> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, offset)?;
     // SAFETY: the whole fixed header is inside the packet (ptr_at).
-    let (vihl, frags, proto, saddr, daddr) = unsafe {
+    let (vihl, tot_len, frags, proto, saddr, daddr) = unsafe {
         (
             (*ip).vihl,
+            u16::from_be_bytes((*ip).tot_len),
             u16::from_be_bytes((*ip).frags),
             read_u8(ctx, offset + mem::offset_of!(Ipv4Hdr, proto))?,
             (*ip).src_addr,
@@ -109,13 +118,13 @@ fn parse_ipv4(ctx: &TcContext, offset: usize) -> Option<Flow> {
     src[..4].copy_from_slice(&saddr);
     dst[..4].copy_from_slice(&daddr);
     let first_fragment = frags & IPV4_FRAG_OFFSET_MASK == 0;
+    let l4_len = u32::from(tot_len).saturating_sub(ihl as u32);
     l4(
         ctx,
         FAMILY_V4,
-        src,
-        dst,
+        (src, dst),
         proto,
-        offset + ihl,
+        (offset, offset + ihl, l4_len),
         first_fragment,
     )
 }
@@ -124,7 +133,14 @@ fn parse_ipv4(ctx: &TcContext, offset: usize) -> Option<Flow> {
 fn parse_ipv6(ctx: &TcContext, offset: usize) -> Option<Flow> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, offset)?;
     // SAFETY: the fixed header is inside the packet (ptr_at).
-    let (src, dst) = unsafe { ((*ip).src_addr, (*ip).dst_addr) };
+    let (src, dst, payload_len) = unsafe {
+        (
+            (*ip).src_addr,
+            (*ip).dst_addr,
+            u16::from_be_bytes((*ip).payload_len),
+        )
+    };
+    let l3 = offset;
     let mut next = read_u8(ctx, offset + mem::offset_of!(Ipv6Hdr, next_hdr))?;
     let mut offset = offset + Ipv6Hdr::LEN;
     let mut first_fragment = true;
@@ -159,7 +175,15 @@ fn parse_ipv6(ctx: &TcContext, offset: usize) -> Option<Flow> {
     ) {
         return None;
     }
-    l4(ctx, FAMILY_V6, src, dst, next, offset, first_fragment)
+    let l4_len = u32::from(payload_len).saturating_sub((offset - l3 - Ipv6Hdr::LEN) as u32);
+    l4(
+        ctx,
+        FAMILY_V6,
+        (src, dst),
+        next,
+        (l3, offset, l4_len),
+        first_fragment,
+    )
 }
 
 /// Reads the ports of TCP and UDP; both keep source and destination port in their first 4 bytes.
@@ -168,10 +192,9 @@ fn parse_ipv6(ctx: &TcContext, offset: usize) -> Option<Flow> {
 fn l4(
     ctx: &TcContext,
     family: usize,
-    src: [u8; 16],
-    dst: [u8; 16],
+    (src, dst): ([u8; 16], [u8; 16]),
     ip_proto: u8,
-    offset: usize,
+    (l3, offset, l4_len): (usize, usize, u32),
     first_fragment: bool,
 ) -> Option<Flow> {
     let proto = match ip_proto {
@@ -193,5 +216,8 @@ fn l4(
         dst,
         proto,
         ports,
+        l3,
+        l4: offset,
+        l4_len,
     })
 }

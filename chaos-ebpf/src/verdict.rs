@@ -9,20 +9,24 @@ use aya_ebpf::{
 use chaos_common::{
     GenSettings, RuleAction, RuleCounters, RuntimeConfig,
     rules::{
-        ACTION_F_DELAY, ACTION_F_RATE, AddrLookup, CONFIG_F_REVERSE_TCP_DELAY, DIR_EGRESS,
-        DIR_INGRESS, FAMILY_V4, FlowKey, Ipv4PrefixKey, Ipv4TrieKey, Ipv6PrefixKey, Ipv6TrieKey,
-        MAX_GUARD_PORTS, MAX_HASHED_LENS, MAX_RULES, PORT_CLASSES, PORT_DST, PORT_SRC, PROTO_TCP,
-        PortClasses, RuleMask, TABLE_DST4, TABLE_DST6, TABLE_SRC4, TABLE_SRC6, trie_prefix_len,
+        ACTION_F_CONN, ACTION_F_CORRUPT, ACTION_F_DELAY, ACTION_F_DUPLICATE, ACTION_F_GE,
+        ACTION_F_RATE, AddrLookup, CHAOS_SKB_MARK, CONFIG_F_CLONES, CONFIG_F_REVERSE_TCP_DELAY,
+        CONN_F_CONNECT_DELAY, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, FlowKey, Ipv4PrefixKey,
+        Ipv4TrieKey, Ipv6PrefixKey, Ipv6TrieKey, MAX_GUARD_PORTS, MAX_HASHED_LENS, MAX_RULES,
+        PORT_CLASSES, PORT_DST, PORT_SRC, PROTO_TCP, PortClasses, RuleMask, TABLE_DST4, TABLE_DST6,
+        TABLE_SRC4, TABLE_SRC6, trie_prefix_len,
     },
 };
 
 use crate::{
-    edt::{Departure, roll, schedule},
+    conn::{self, Conn, Reverse},
+    edt::{Departure, hold_for, roll, schedule},
+    faults,
     maps::{
         CHAOS_ACTIONS, CHAOS_CONFIG, CHAOS_COUNTERS, CHAOS_DPORT_CLASSES, CHAOS_DST4_HASHED,
-        CHAOS_DST4_RULES, CHAOS_DST6_HASHED, CHAOS_DST6_RULES, CHAOS_REVERSE_DELAY, CHAOS_SETTINGS,
-        CHAOS_SPORT_CLASSES, CHAOS_SRC4_HASHED, CHAOS_SRC4_RULES, CHAOS_SRC6_HASHED,
-        CHAOS_SRC6_RULES,
+        CHAOS_DST4_RULES, CHAOS_DST6_HASHED, CHAOS_DST6_RULES, CHAOS_JUMP, CHAOS_REVERSE_DELAY,
+        CHAOS_SETTINGS, CHAOS_SPORT_CLASSES, CHAOS_SRC4_HASHED, CHAOS_SRC4_RULES,
+        CHAOS_SRC6_HASHED, CHAOS_SRC6_RULES,
     },
     parse::{Flow, parse},
 };
@@ -30,7 +34,7 @@ use crate::{
 /// "No decision": under TCX the next program runs (TCX_NEXT), under netlink cls_bpf the next
 /// filter. TC_ACT_OK would end the chain and silently bypass everyone else's programs and
 /// filters on the interface while chaos runs.
-const TC_ACT_UNSPEC: i32 = -1;
+pub const TC_ACT_UNSPEC: i32 = -1;
 
 /// Packets whose headers we need in the linear part of the skb: Ethernet, two VLAN tags, IPv6
 /// with a few extension headers, the ports.
@@ -48,17 +52,35 @@ pub fn classify(ctx: &TcContext, dir: usize) -> i32 {
 #[inline(always)]
 fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
     let config = CHAOS_CONFIG.get(0)?;
+    // A packet chaos made itself (a duplicate, a RST) passes once, unfaulted.
+    // SAFETY: reading a field of the context the kernel handed us.
+    if config.flags & CONFIG_F_CLONES != 0 && unsafe { (*ctx.skb.skb).mark } == CHAOS_SKB_MARK {
+        ctx.set_mark(0);
+        return None;
+    }
     let generation = config.active_gen;
     let settings = CHAOS_SETTINGS.get(generation)?;
     // Direction alone rules out every rule on an interface watched one way only: test it before
     // touching the packet.
     let mut rules = *settings.dir_rules.get(dir)?;
     let reverse = dir == DIR_INGRESS && config.flags & CONFIG_F_REVERSE_TCP_DELAY != 0;
-    if rules == 0 && !reverse {
+    let conn_reverse = *settings.conn_reverse.get(dir)? != 0;
+    if rules == 0 && !reverse && !conn_reverse {
         return None;
     }
     pull_headers(ctx);
     let flow = parse(ctx)?;
+    if conn_reverse && flow.ports.is_some() {
+        // SAFETY: plain helper call.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        if !lease_expired(config, now) {
+            match conn::reverse_peek(ctx, &flow, &flow_key(&flow, true), generation, now) {
+                Some(Reverse::Lost(verdict)) => return Some(verdict),
+                Some(Reverse::Due) => jump(ctx, dir, JUMP_REVERSE),
+                None => {}
+            }
+        }
+    }
     if reverse && flow.proto == PROTO_TCP {
         let key = flow_key(&flow, false);
         if let Some(index) = CHAOS_REVERSE_DELAY.get_ptr(key) {
@@ -166,7 +188,62 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
     if action.expires_ns != 0 && now > action.expires_ns {
         return None;
     }
-    Some(apply(ctx, &flow, action, index, dir, config))
+    if action.flags & ACTION_F_EXTENDED != 0 {
+        jump(ctx, dir, index + 1);
+    }
+    Some(apply::<false>(
+        ctx,
+        &flow,
+        (action, index),
+        dir,
+        config,
+        now,
+    ))
+}
+
+/// Faults whose code lives in the fault program (`chaos_faults_*`), so that the verifier
+/// checks it apart from the matching, and plain rules' packets never pass through it.
+const ACTION_F_EXTENDED: u32 = ACTION_F_CONN | ACTION_F_DUPLICATE | ACTION_F_CORRUPT | ACTION_F_GE;
+
+/// `skb->cb[0]` for the fault program: a packet against a hanging or resetting rule's way.
+const JUMP_REVERSE: u32 = u32::MAX;
+
+/// Hands the packet to the fault program of `dir`, telling it what to do in `cb[0]`: a rule's
+/// `index + 1`, or `JUMP_REVERSE`. Returns only if the jump failed (the fault program is not
+/// loaded): the packet then gets the plain faults.
+#[inline(always)]
+fn jump(ctx: &TcContext, dir: usize, what: u32) {
+    // SAFETY: the context's own control buffer, BPF's to use; the jump does not return.
+    unsafe {
+        (*ctx.skb.skb).cb[0] = what;
+        CHAOS_JUMP.tail_call(ctx, dir as u32);
+        (*ctx.skb.skb).cb[0] = 0;
+    }
+}
+
+/// The fault program's body: the work `jump` handed over, for a packet seen in `dir`.
+#[inline(always)]
+pub fn classify_faults(ctx: &TcContext, dir: usize) -> i32 {
+    // SAFETY: the context's own control buffer, set by `jump`.
+    let what = unsafe { (*ctx.skb.skb).cb[0] };
+    // SAFETY: as above; cleared for whoever looks at the buffer next.
+    unsafe { (*ctx.skb.skb).cb[0] = 0 };
+    try_faults(ctx, dir, what).unwrap_or(TC_ACT_UNSPEC)
+}
+
+#[inline(always)]
+fn try_faults(ctx: &TcContext, dir: usize, what: u32) -> Option<i32> {
+    let config = CHAOS_CONFIG.get(0)?;
+    let generation = config.active_gen;
+    let flow = parse(ctx)?;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if what == JUMP_REVERSE {
+        return conn::reverse(ctx, &flow, &flow_key(&flow, true), generation, dir, now);
+    }
+    let index = what.checked_sub(1)?;
+    let action = CHAOS_ACTIONS.get(index)?;
+    Some(apply::<true>(ctx, &flow, (action, index), dir, config, now))
 }
 
 /// The controller's lease ran out: it died or froze. Pass everything until it is back.
@@ -300,23 +377,68 @@ fn lowest_bit(mut mask: RuleMask) -> u32 {
     index
 }
 
-/// Applies the rule's faults to a packet and counts it: loss first, then the departure time
-/// (rate, delay, order) for what is kept.
+/// The counters of a rule's slot. Per CPU: no other program run touches them concurrently.
 #[inline(always)]
-fn apply(
+pub fn counters(action: &RuleAction) -> Option<&'static mut RuleCounters> {
+    // SAFETY: a valid per-CPU map value (see above).
+    CHAOS_COUNTERS
+        .get_ptr_mut(action.counter_slot)
+        .map(|c| unsafe { &mut *c })
+}
+
+/// Applies the rule's faults to a packet and counts it: the connection's fate first, then loss,
+/// the departure time (rate, delay, order) for what is kept, duplicates and corruption.
+#[inline(always)]
+fn apply<const EXTENDED: bool>(
     ctx: &TcContext,
     flow: &Flow,
-    action: &RuleAction,
-    index: u32,
+    (action, index): (&RuleAction, u32),
     dir: usize,
     config: &RuntimeConfig,
+    now: u64,
 ) -> i32 {
+    let Some(c) = counters(action) else {
+        return TC_ACT_UNSPEC;
+    };
     // SAFETY: reading a field of the context the kernel handed us.
     let segs = u64::from(unsafe { (*ctx.skb.skb).gso_segs }.max(1));
     let bytes = u64::from(ctx.len());
-    let mut drop = should_drop(action.drop_prob);
-    let mut departure = None;
-    if !drop && action.flags & (ACTION_F_DELAY | ACTION_F_RATE) != 0 {
+    c.matched_pkts += 1;
+    c.matched_segs += segs;
+    c.matched_bytes += bytes;
+    let mut first = false;
+    if EXTENDED && action.flags & ACTION_F_CONN != 0 {
+        match conn::forward(
+            ctx,
+            flow,
+            &flow_key(flow, false),
+            action,
+            index,
+            dir,
+            now,
+            c,
+        ) {
+            Conn::Pass => return TC_ACT_UNSPEC,
+            Conn::Done(verdict) => return verdict,
+            Conn::Faults { first: f } => first = f,
+        }
+    }
+    let drop = if EXTENDED && action.flags & ACTION_F_GE != 0 {
+        faults::ge_loses(action)
+    } else {
+        should_drop(action.drop_prob)
+    };
+    if drop {
+        c.dropped_pkts += 1;
+        c.dropped_segs += segs;
+        c.dropped_bytes += bytes;
+        return silent_drop();
+    }
+    let mut held_ns = 0;
+    if EXTENDED && first && action.conn_flags & CONN_F_CONNECT_DELAY != 0 {
+        held_ns = hold_for(ctx, action.connect_delay_ns);
+    }
+    if action.flags & (ACTION_F_DELAY | ACTION_F_RATE) != 0 {
         let mut faults = ACTION_F_DELAY | ACTION_F_RATE;
         if dir == DIR_EGRESS
             && config.flags & CONFIG_F_REVERSE_TCP_DELAY != 0
@@ -329,42 +451,36 @@ fn apply(
                 Ok(()) | Err(_) => faults = ACTION_F_RATE,
             }
         }
-        let d = schedule(ctx, flow, action, faults);
-        drop = d.overlimit;
-        departure = Some(d);
-    }
-    if let Some(counters) = CHAOS_COUNTERS.get_ptr_mut(action.counter_slot) {
-        // SAFETY: a per-CPU slot: no other program run touches it concurrently.
-        let c: &mut RuleCounters = unsafe { &mut *counters };
-        c.matched_pkts += 1;
-        c.matched_segs += segs;
-        c.matched_bytes += bytes;
-        match departure {
-            Some(Departure {
+        match schedule(ctx, flow, action, faults) {
+            Departure {
                 overlimit: true, ..
-            }) => c.rate_dropped_pkts += 1,
-            Some(Departure {
-                delayed, held_ns, ..
-            }) => {
+            } => {
+                c.rate_dropped_pkts += 1;
+                return silent_drop();
+            }
+            Departure {
+                delayed,
+                held_ns: held,
+                ..
+            } => {
                 c.delayed_pkts += u64::from(delayed);
-                c.held_ns += held_ns;
+                held_ns = held_ns.max(held);
             }
-            None if drop => {
-                c.dropped_pkts += 1;
-                c.dropped_segs += segs;
-                c.dropped_bytes += bytes;
-            }
-            None => {}
         }
     }
-    if drop {
-        return silent_drop();
+    c.held_ns += held_ns;
+    // The copy leaves before any corruption of the original, as netem's does.
+    if EXTENDED && action.flags & ACTION_F_DUPLICATE != 0 && faults::duplicate(ctx, action, dir) {
+        c.duplicated_pkts += 1;
     }
-    match departure {
-        Some(d) if d.held_ns > 0 && dir == DIR_INGRESS => hold_on_ingress(config),
+    if EXTENDED && action.flags & ACTION_F_CORRUPT != 0 && faults::corrupt(ctx, flow, action) {
+        c.corrupted_pkts += 1;
+    }
+    if held_ns > 0 && dir == DIR_INGRESS {
         // On egress the fq at the interface's root holds the packet until its stamp.
-        _ => TC_ACT_UNSPEC,
+        return hold_on_ingress(config);
     }
+    TC_ACT_UNSPEC
 }
 
 /// Delays a returning packet of a local TCP connection by the rule's delay (see
@@ -378,9 +494,7 @@ fn delay_returning(
     config: &RuntimeConfig,
 ) -> i32 {
     let d = schedule(ctx, flow, action, ACTION_F_DELAY);
-    if let Some(counters) = CHAOS_COUNTERS.get_ptr_mut(action.counter_slot) {
-        // SAFETY: a per-CPU slot: no other program run touches it concurrently.
-        let c: &mut RuleCounters = unsafe { &mut *counters };
+    if let Some(c) = counters(action) {
         c.delayed_pkts += u64::from(d.delayed);
     }
     if d.held_ns > 0 {
@@ -435,7 +549,7 @@ fn flow_key(flow: &Flow, reversed: bool) -> FlowKey {
 /// Redirecting to ifindex 0 finds no device, so the kernel frees the skb and still reports
 /// success to the sender, under TCX and netlink cls_bpf alike.
 #[inline(always)]
-fn silent_drop() -> i32 {
+pub fn silent_drop() -> i32 {
     // SAFETY: plain helper call.
     unsafe { bpf_redirect(0, 0) };
     TC_ACT_REDIRECT

@@ -9,16 +9,19 @@ use std::collections::{BTreeMap, HashMap};
 use chaos_common::{
     GenSettings, RuleAction,
     rules::{
-        ACTION_F_DELAY, ACTION_F_RATE, ACTION_F_REORDER, AddrLookup, DIR_EGRESS, DIR_INGRESS,
+        ACTION_F_CONN, ACTION_F_CORRUPT, ACTION_F_DELAY, ACTION_F_DUPLICATE, ACTION_F_GE,
+        ACTION_F_RATE, ACTION_F_REORDER, AddrLookup, CONN_F_AFTER_BYTES, CONN_F_AFTER_TIME,
+        CONN_F_CONNECT_DELAY, CONN_F_HANG, CONN_F_REFUSE, CONN_F_RESET, DIR_EGRESS, DIR_INGRESS,
         DIST_NORMAL, DIST_PARETO, DIST_PARETONORMAL, DIST_UNIFORM, FAMILY_V4, FAMILY_V6,
-        GENERATIONS, MAX_HASHED_LENS, MAX_PREFIXES, MAX_RULES, PORT_CLASSES, PORT_DST, PORT_SRC,
-        PROB_ONE, PROTO_OTHER, PROTO_TCP, PROTO_UDP, PortClasses, RuleMask, TABLES, table,
+        GE_LOSS_BAD, GE_LOSS_GOOD, GE_P, GE_R, GENERATIONS, MAX_HASHED_LENS, MAX_PREFIXES,
+        MAX_RULES, PORT_CLASSES, PORT_DST, PORT_SRC, PROB_ONE, PROTO_OTHER, PROTO_TCP, PROTO_UDP,
+        PortClasses, RuleMask, TABLES, table,
     },
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use thiserror::Error;
 
-use crate::rule::{Direction, Distribution, PortRange, Protocol, Rule};
+use crate::rule::{Direction, Distribution, PortRange, Protocol, Rule, Trigger};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CompileError {
@@ -88,6 +91,10 @@ pub(crate) fn compile(
         }
         if rule.sport.is_none() {
             settings.sport_any |= bit;
+        }
+        if rule.conn.is_some_and(|c| c.both_ways()) {
+            // The connection's packets the other way are looked up reversed there.
+            settings.conn_reverse[1 - dir] = 1;
         }
         // A rule without a prefix accepts every address of both families; a rule with a prefix
         // of one family is absent from the other family's masks, so it never matches there.
@@ -163,6 +170,50 @@ fn action(rule: &Rule, counter_slot: u32) -> RuleAction {
     }
     if rule.reorder {
         a.flags |= ACTION_F_REORDER;
+    }
+    if rule.duplicate.get() > 0.0 {
+        a.flags |= ACTION_F_DUPLICATE;
+        a.duplicate_prob = scale_probability(rule.duplicate.get());
+    }
+    if rule.corrupt.get() > 0.0 {
+        a.flags |= ACTION_F_CORRUPT;
+        a.corrupt_prob = scale_probability(rule.corrupt.get());
+    }
+    if let Some(ge) = rule.loss {
+        a.flags |= ACTION_F_GE;
+        a.ge[GE_P] = scale_probability(ge.p.get());
+        a.ge[GE_R] = scale_probability(ge.r.get());
+        a.ge[GE_LOSS_BAD] = scale_probability(1.0 - ge.h.get());
+        a.ge[GE_LOSS_GOOD] = scale_probability(1.0 - ge.k.get());
+    }
+    if let Some(c) = rule.conn {
+        a.flags |= ACTION_F_CONN;
+        a.conn_prob = scale_probability(c.probability.get());
+        for (set, flag) in [
+            (c.refuse, CONN_F_REFUSE),
+            (c.hang, CONN_F_HANG),
+            (c.reset, CONN_F_RESET),
+        ] {
+            if set {
+                a.conn_flags |= flag;
+            }
+        }
+        match c.after {
+            Some(Trigger::Time(t)) => {
+                a.conn_flags |= CONN_F_AFTER_TIME;
+                a.after_ns = t.as_nanos() as u64;
+            }
+            Some(Trigger::Bytes(n)) => {
+                a.conn_flags |= CONN_F_AFTER_BYTES;
+                a.after_bytes = n;
+            }
+            None => {}
+        }
+        if let Some(d) = c.connect_delay {
+            a.conn_flags |= CONN_F_CONNECT_DELAY;
+            a.connect_delay_ns = d.as_nanos() as u64;
+        }
+        a.max_conns = c.max_conns.unwrap_or(0);
     }
     a
 }

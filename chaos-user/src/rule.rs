@@ -4,7 +4,9 @@
 //! match:  dir=egress|ingress  proto=tcp|udp|any  dport=N|N-M  sport=N|N-M  dst=CIDR[,CIDR..]
 //!         src=CIDR[,CIDR..]
 //! faults: drop=P  delay=DURATION  jitter=DURATION  dist=uniform|normal|pareto|paretonormal
-//!         delay-p=P  rate=RATE  reorder=yes|no
+//!         delay-p=P  rate=RATE  reorder=yes|no  duplicate=P  corrupt=P  loss=ge:P/R[/H[/K]]
+//! conns:  conn-p=P  refuse=yes  hang=yes  reset=yes  after=DURATION  after-bytes=N
+//!         connect-delay=DURATION  max-conns=N
 //! ```
 
 use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
@@ -14,6 +16,10 @@ use ipnet::IpNet;
 use thiserror::Error;
 
 use crate::duration::{self, Bounds, DurationError};
+
+mod conn;
+
+pub use conn::{ConnFaults, GilbertElliott, Trigger};
 
 /// Why a rule string was refused. Each names the key and the offending text.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -64,6 +70,28 @@ pub enum RuleError {
     NeedsDelay(&'static str),
     #[error("dist needs jitter=...")]
     DistNeedsJitter,
+    #[error("{0}=yes needs proto=tcp: only TCP connections can be refused or reset")]
+    NeedsTcp(&'static str),
+    #[error("{0} needs proto=tcp or proto=udp: a connection is a TCP connection or a UDP flow")]
+    NeedsConnProtocol(&'static str),
+    #[error("{0} needs hang=yes or reset=yes: it says when they begin")]
+    NeedsHangOrReset(&'static str),
+    #[error("{a} and {b} cannot be combined: {why}")]
+    Conflict {
+        a: &'static str,
+        b: &'static str,
+        why: &'static str,
+    },
+    #[error("{key}={value}: expected a whole number from 1 to {max}")]
+    Count {
+        key: &'static str,
+        value: String,
+        max: u64,
+    },
+    #[error(
+        "loss={0}: expected ge:P/R[/H[/K]] (Gilbert-Elliott: P good to bad, R bad to good, H delivered when bad (default 0), K delivered when good (default 1))"
+    )]
+    LossModel(String),
     #[error(
         "delay {delay:?} + {DIST_MAX_SIGMA} x jitter {jitter:?} exceeds fq's horizon limit of {limit_s} s (a 32-bit microsecond count)"
     )]
@@ -75,9 +103,32 @@ pub enum RuleError {
 }
 
 /// Every key of the language, in the order `--help` lists them: the parser's one list.
-pub const KEYS: [&str; 14] = [
-    "dir", "proto", "dport", "sport", "dst", "src", "drop", "delay", "jitter", "dist", "delay-p",
-    "rate", "reorder", "force",
+pub const KEYS: [&str; 25] = [
+    "dir",
+    "proto",
+    "dport",
+    "sport",
+    "dst",
+    "src",
+    "drop",
+    "delay",
+    "jitter",
+    "dist",
+    "delay-p",
+    "rate",
+    "reorder",
+    "duplicate",
+    "corrupt",
+    "loss",
+    "conn-p",
+    "refuse",
+    "hang",
+    "reset",
+    "after",
+    "after-bytes",
+    "connect-delay",
+    "max-conns",
+    "force",
 ];
 
 /// The longest time fq can hold a packet: its horizon is a u32 of microseconds, and iproute2
@@ -184,6 +235,14 @@ pub struct Rule {
     pub reorder: bool,
     /// Allow matching ports the guard rails exclude (see `guard`).
     pub force: bool,
+    /// Connection faults: what happens to the flows the rule chooses.
+    pub conn: Option<ConnFaults>,
+    /// Share of packets sent twice.
+    pub duplicate: Probability,
+    /// Share of packets with one payload bit flipped (checksum kept valid).
+    pub corrupt: Probability,
+    /// Burst loss instead of `drop`.
+    pub loss: Option<GilbertElliott>,
 }
 
 impl Rule {
@@ -193,14 +252,22 @@ impl Rule {
 
     /// Whether the rule sets departure times, and so needs fq on its interface.
     pub fn needs_fq(&self) -> bool {
-        self.delay.is_some() || self.rate.is_some()
+        self.delay.is_some()
+            || self.rate.is_some()
+            || self.conn.is_some_and(|c| c.connect_delay.is_some())
     }
 
     /// The longest a packet of this rule waits in fq from its delay alone: delay plus the
     /// distribution tables' widest entry.
     pub fn max_delay(&self) -> Duration {
-        self.delay
-            .map_or(Duration::ZERO, |d| d.delay + d.jitter * DIST_MAX_SIGMA)
+        let connect = self
+            .conn
+            .and_then(|c| c.connect_delay)
+            .unwrap_or(Duration::ZERO);
+        connect
+            + self
+                .delay
+                .map_or(Duration::ZERO, |d| d.delay + d.jitter * DIST_MAX_SIGMA)
     }
 }
 
@@ -228,6 +295,7 @@ impl FromStr for Rule {
         let mut rate = None;
         let mut reorder = None;
         let mut force = None;
+        let mut faults = conn::FaultKeys::default();
         let mut any = false;
         for pair in text.split_whitespace() {
             any = true;
@@ -253,7 +321,11 @@ impl FromStr for Rule {
                 "rate" => set(&mut rate, "rate", parse_rate(value)?)?,
                 "reorder" => set(&mut reorder, "reorder", parse_yes_no("reorder", value)?)?,
                 "force" => set(&mut force, "force", parse_yes_no("force", value)?)?,
-                other => return Err(RuleError::UnknownKey(other.to_owned())),
+                other => {
+                    if !faults.take(other, value)? {
+                        return Err(RuleError::UnknownKey(other.to_owned()));
+                    }
+                }
             }
         }
         if !any {
@@ -296,10 +368,21 @@ impl FromStr for Rule {
                 limit_s: MAX_HORIZON.as_secs(),
             });
         }
+        let protocol = protocol.unwrap_or(Protocol::Any);
+        let faults = faults.finish(protocol, drop)?;
+        if let Some(delay) = faults.conn.and_then(|c| c.connect_delay)
+            && delay > MAX_HORIZON
+        {
+            return Err(RuleError::Horizon {
+                delay,
+                jitter: Duration::ZERO,
+                limit_s: MAX_HORIZON.as_secs(),
+            });
+        }
         Ok(Self {
             text: text.split_whitespace().collect::<Vec<_>>().join(" "),
             direction: direction.unwrap_or(Direction::Egress),
-            protocol: protocol.unwrap_or(Protocol::Any),
+            protocol,
             dport,
             sport,
             dst,
@@ -309,6 +392,10 @@ impl FromStr for Rule {
             rate,
             reorder: reorder.unwrap_or(false),
             force: force.unwrap_or(false),
+            conn: faults.conn,
+            duplicate: faults.duplicate,
+            corrupt: faults.corrupt,
+            loss: faults.loss,
         })
     }
 }
@@ -532,7 +619,7 @@ mod tests {
             ("drop", "'drop' is not key=value"),
             (
                 "color=red",
-                "unknown key 'color' (known: dir, proto, dport, sport, dst, src, drop, delay, jitter, dist, delay-p, rate, reorder, force)",
+                "unknown key 'color' (known: dir, proto, dport, sport, dst, src, drop, delay, jitter, dist, delay-p, rate, reorder, duplicate, corrupt, loss, conn-p, refuse, hang, reset, after, after-bytes, connect-delay, max-conns, force)",
             ),
             ("drop=1 drop=0", "key 'drop' given twice"),
             ("dir=sideways", "dir=sideways: expected egress or ingress"),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use chaos_common::{
     GenSettings, RuleAction,
-    rules::{MAX_GUARD_PORTS, PortClasses, RuleMask, TABLES},
+    rules::{ACTION_F_CONN, ACTION_F_DUPLICATE, MAX_GUARD_PORTS, PortClasses, RuleMask, TABLES},
 };
 use ipnet::IpNet;
 
@@ -93,6 +93,7 @@ impl RuleSetBuilder {
                 action.drop_prob = 0;
                 action.flags = 0;
             }
+            action.conn_epoch = conn_epoch(action.counter_slot, &options.expires_at, action);
         }
         let faulting: Vec<Rule> = self
             .rules
@@ -110,6 +111,23 @@ impl RuleSetBuilder {
             actions,
         })
     }
+}
+
+/// Tells a rule's connection entries from those of whatever held its slot before: the same
+/// rule (slot, end, action) keeps its connections across rule set changes, any other starts
+/// anew. Never 0, so a zeroed entry is never taken for one of the rule's.
+fn conn_epoch(slot: u32, expires_at: &Option<Instant>, action: &RuleAction) -> u32 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    slot.hash(&mut h);
+    expires_at.hash(&mut h);
+    let a = RuleAction {
+        expires_ns: 0,
+        conn_epoch: 0,
+        ..*action
+    };
+    format!("{a:?}").hash(&mut h);
+    (h.finish() as u32).max(1)
 }
 
 /// A compiled rule set: what one generation of the maps holds, and what it needs around the
@@ -187,7 +205,30 @@ impl RuleSet {
         if self.holds.reverse_tcp_delay && !directions.contains(&Direction::Ingress) {
             directions.push(Direction::Ingress);
         }
+        // A hang or reset acts on the connection's packets both ways.
+        for rule in &self.rules {
+            let other = match rule.direction {
+                Direction::Ingress => Direction::Egress,
+                Direction::Egress => Direction::Ingress,
+            };
+            if rule.conn.is_some_and(|c| c.both_ways()) && !directions.contains(&other) {
+                directions.push(other);
+            }
+        }
         directions
+    }
+
+    /// Whether some rule sends packets of its own (duplicates, RSTs), which the program must
+    /// know to let pass (`CONFIG_F_CLONES`).
+    pub fn makes_packets(&self) -> bool {
+        self.actions
+            .iter()
+            .any(|a| a.flags & (ACTION_F_CONN | ACTION_F_DUPLICATE) != 0)
+    }
+
+    /// Whether some rule keeps connection state (to size the connection table).
+    pub fn tracks_connections(&self) -> bool {
+        self.actions.iter().any(|a| a.flags & ACTION_F_CONN != 0)
     }
 
     /// How many prefixes each address table hashes (to size the datapath's maps).

@@ -266,6 +266,38 @@ async fn metrics(State(app): State<App>) -> Result<Response, ApiError> {
         "chaos_rate_dropped_packets",
         "Packets dropped because a rule's rate queue was full",
     );
+    let conn_families = [
+        (
+            "chaos_conns_seen",
+            "Connections a connection rule saw begin",
+        ),
+        (
+            "chaos_conns_chosen",
+            "Connections chosen for a rule's faults",
+        ),
+        (
+            "chaos_conns_refused",
+            "Connection attempts answered with a RST",
+        ),
+        (
+            "chaos_conns_reset",
+            "Connections aborted with a RST to both ends",
+        ),
+        (
+            "chaos_conns_hung",
+            "Connections whose packets are lost from then on",
+        ),
+        (
+            "chaos_conn_dropped_packets",
+            "Packets lost because their connection hung or was reset",
+        ),
+        ("chaos_duplicated_packets", "Packets a rule sent twice"),
+        (
+            "chaos_corrupted_packets",
+            "Packets with a payload bit flipped",
+        ),
+    ]
+    .map(|(name, help)| counter(&mut registry, name, help));
     for v in &views {
         for c in &v.counters {
             let labels: Labels = vec![
@@ -279,6 +311,19 @@ async fn metrics(State(app): State<App>) -> Result<Response, ApiError> {
             rate_dropped
                 .get_or_create(&labels)
                 .inc_by(c.rate_dropped_packets);
+            let values = [
+                c.conns_seen,
+                c.conns_chosen,
+                c.conns_refused,
+                c.conns_reset,
+                c.conns_hung,
+                c.conn_dropped_packets,
+                c.duplicated_packets,
+                c.corrupted_packets,
+            ];
+            for (family, value) in conn_families.iter().zip(values) {
+                family.get_or_create(&labels).inc_by(value);
+            }
         }
     }
     let failed = Family::<Labels, Gauge>::default();

@@ -9,12 +9,15 @@ mod tables;
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader, Pod,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{ProgramError, SchedClassifier},
 };
 use chaos_common::{
     RuleCounters, RuntimeConfig,
-    rules::{CONFIG_F_REVERSE_TCP_DELAY, DistTable, FlowKey, MAX_FLOWS, MAX_REVERSE_FLOWS, TABLES},
+    rules::{
+        CONFIG_F_CLONES, CONFIG_F_REVERSE_TCP_DELAY, DIR_EGRESS, DIR_INGRESS, DistTable, FlowKey,
+        MAX_CONNS, MAX_FLOWS, MAX_REVERSE_FLOWS, TABLES,
+    },
 };
 pub use links::AttachMode;
 use links::Links;
@@ -90,6 +93,8 @@ pub struct Capacity {
     pub flows: u32,
     /// Local TCP connections whose returning packets carry a delay.
     pub reverse_flows: u32,
+    /// Connections that connection rules (`conn-p`, `refuse`, `hang`, `reset`, ...) track.
+    pub conns: u32,
 }
 
 impl Capacity {
@@ -98,6 +103,7 @@ impl Capacity {
         hashed: [MAX_PREFIXES_PER_SET; TABLES],
         flows: MAX_FLOWS,
         reverse_flows: MAX_REVERSE_FLOWS,
+        conns: MAX_CONNS,
     };
 
     /// Each interface of a daemon, whose rule sets come later: about 0.7 MiB in all. Delay
@@ -106,6 +112,7 @@ impl Capacity {
         hashed: [512; TABLES],
         flows: 2048,
         reverse_flows: 1024,
+        conns: 2048,
     };
 
     /// Exactly what `set` needs (`chaos run`, whose rule set is known before loading).
@@ -116,6 +123,11 @@ impl Capacity {
             flows: if holds.any() { MAX_FLOWS } else { 1 },
             reverse_flows: if holds.reverse_tcp_delay {
                 MAX_REVERSE_FLOWS
+            } else {
+                1
+            },
+            conns: if set.tracks_connections() {
+                MAX_CONNS
             } else {
                 1
             },
@@ -130,6 +142,11 @@ struct Maps {
     counters: PerCpuArray<MapData, RuleCounters>,
     reverse_delay: HashMap<MapData, FlowKey, u32>,
     flow_departure: HashMap<MapData, FlowKey, u64>,
+    /// Per counter slot: connections chosen under `max-conns`, and the Gilbert-Elliott state.
+    conn_quota: Array<MapData, u64>,
+    ge_state: Array<MapData, u32>,
+    /// Holds the fault programs for as long as the program may jump to them.
+    _jump: ProgramArray<MapData>,
 }
 
 /// The loaded program and its maps.
@@ -180,12 +197,29 @@ impl Datapath {
         }
         loader.map_max_entries("CHAOS_FLOW_DEPARTURE", capacity.flows.max(1));
         loader.map_max_entries("CHAOS_REVERSE_DELAY", capacity.reverse_flows.max(1));
+        loader.map_max_entries("CHAOS_CONNS", capacity.conns.max(1));
         let mut ebpf = loader.load(PROGRAM_OBJECT).map_err(DatapathError::Load)?;
         for direction in [Direction::Ingress, Direction::Egress] {
             let name = program_name(direction);
             classifier(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DatapathError::Program { name, source })?;
+        }
+        // The fault programs are reached by tail call, by direction (`DIR_*`).
+        let mut jump: ProgramArray<MapData> = take(&mut ebpf, "CHAOS_JUMP")?;
+        for (index, name) in [
+            (DIR_INGRESS, "chaos_faults_ingress"),
+            (DIR_EGRESS, "chaos_faults_egress"),
+        ] {
+            let program = classifier(&mut ebpf, name)?;
+            program
+                .load()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            let fd = program
+                .fd()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            jump.set(index as u32, fd, 0)
+                .map_err(map_err("CHAOS_JUMP"))?;
         }
         let mut dist_tables: Array<MapData, DistTable> = take(&mut ebpf, "CHAOS_DIST_TABLES")?;
         for (t, table) in dist::tables().iter().enumerate() {
@@ -199,6 +233,9 @@ impl Datapath {
             counters: take(&mut ebpf, "CHAOS_COUNTERS")?,
             reverse_delay: take(&mut ebpf, "CHAOS_REVERSE_DELAY")?,
             flow_departure: take(&mut ebpf, "CHAOS_FLOW_DEPARTURE")?,
+            conn_quota: take(&mut ebpf, "CHAOS_CONN_QUOTA")?,
+            ge_state: take(&mut ebpf, "CHAOS_GE_STATE")?,
+            _jump: jump,
         };
         Ok(Self {
             maps,
@@ -241,8 +278,14 @@ impl Datapath {
         // Recorded before writing, so a failure half-way is cleared by the next apply.
         self.written[slot] = Some(set.clone());
         self.maps.rules.write(generation, set)?;
+        let clones = if set.makes_packets() {
+            CONFIG_F_CLONES
+        } else {
+            0
+        };
         self.write_config(RuntimeConfig {
             active_gen: generation,
+            flags: self.config.flags & !CONFIG_F_CLONES | clones,
             ..self.config
         })?;
         // Per-flow state belongs to the old rule set: returning packets must not keep a deleted
@@ -286,8 +329,17 @@ impl Datapath {
         })
     }
 
-    /// Zeroes the counters of `slot` on every CPU, before a new rule takes the slot over.
+    /// Zeroes the counters of `slot` on every CPU, and its connection quota and loss state,
+    /// before a new rule takes the slot over.
     pub fn reset_counters(&mut self, slot: u32) -> Result<()> {
+        self.maps
+            .conn_quota
+            .set(slot, 0, 0)
+            .map_err(map_err("CHAOS_CONN_QUOTA"))?;
+        self.maps
+            .ge_state
+            .set(slot, 0, 0)
+            .map_err(map_err("CHAOS_GE_STATE"))?;
         let io = |e| DatapathError::Map {
             name: "CHAOS_COUNTERS",
             source: MapError::IoError(e),
