@@ -82,10 +82,21 @@ pub fn forward(
         return Conn::Pass;
     };
     let mut first = false;
+    // A SYN with another initial sequence number opens a new connection on the same 5-tuple
+    // (a port reused); a retransmitted SYN does not.
+    let syn_seq = match seg.tcp {
+        Some(t) if t.is_syn() => Some(t.seq.wrapping_add(1)),
+        _ => None,
+    };
     let entry = match CHAOS_CONNS.get_ptr_mut(key) {
         // SAFETY: a valid map value; racing CPUs may interleave their writes, as with every
         // LRU entry the kernel hands out.
-        Some(e) if unsafe { (*e).epoch } == action.conn_epoch => e,
+        Some(e)
+            if unsafe { (*e).epoch } == action.conn_epoch
+                && syn_seq.is_none_or(|s| s == unsafe { (*e).base_seq }) =>
+        {
+            e
+        }
         _ => {
             first = true;
             let chosen = choose(action);
@@ -145,19 +156,14 @@ pub fn forward(
     }
     // How much of this packet's payload still passes before the fault: None, all of it.
     let keep = if flags & CONN_F_AFTER_BYTES != 0 {
-        let sent = match seg.tcp {
-            Some(t) => u64::from(t.seq.wrapping_sub(e.base_seq)),
-            None => e.bytes,
-        };
-        if seg.payload == 0 && sent < action.after_bytes {
-            None
-        } else if sent >= action.after_bytes {
-            Some(0)
-        } else if sent + u64::from(seg.payload) > action.after_bytes {
-            Some((action.after_bytes - sent) as u32)
-        } else {
-            e.bytes += u64::from(seg.payload);
-            None
+        match after_bytes(ctx, flow, &seg, e, action) {
+            Bytes::Pass => None,
+            Bytes::Lost => {
+                c.conn_dropped_pkts += 1;
+                return Conn::Done(silent_drop());
+            }
+            Bytes::Done(verdict) => return Conn::Done(verdict),
+            Bytes::Trigger(keep) => Some(keep),
         }
     } else if flags & CONN_F_AFTER_TIME != 0 {
         (now.wrapping_sub(e.first_ns) >= action.after_ns).then_some(0)
@@ -167,6 +173,57 @@ pub fn forward(
     let Some(keep) = keep else {
         return Conn::Faults { first };
     };
+    trigger(ctx, flow, &seg, e, action, dir, keep, c)
+}
+
+/// What `after-bytes` makes of a packet.
+enum Bytes {
+    /// Wholly before the limit: it passes, with the rule's packet faults.
+    Pass,
+    /// Wholly past the limit while bytes before it are still missing at the peer: lost, so
+    /// that the sender sends those again and the peer gets exactly the limit.
+    Lost,
+    /// A piece of it went on (see `cut_step`): this verdict, nothing else yet.
+    Done(i32),
+    /// The peer has (or with this packet's first `keep` bytes gets) exactly the limit: the
+    /// fault begins.
+    Trigger(u32),
+}
+
+/// Counts payload against `after-bytes`. TCP counts by sequence number from the first byte,
+/// so retransmissions count once; `e.bytes` is how far the peer has been sent everything.
+#[inline(always)]
+fn after_bytes(
+    ctx: &TcContext,
+    flow: &Flow,
+    seg: &Segment,
+    e: &mut ConnEntry,
+    action: &RuleAction,
+) -> Bytes {
+    let limit = action.after_bytes;
+    if seg.payload == 0 {
+        return Bytes::Pass;
+    }
+    // A segment from before the first counted byte (a retransmission) counts from 0.
+    let start = match seg.tcp {
+        Some(t) => (t.seq.wrapping_sub(e.base_seq) as i32).max(0) as u64,
+        None => e.bytes,
+    };
+    let end = start + u64::from(seg.payload);
+    if start >= limit {
+        return if e.bytes >= limit {
+            Bytes::Trigger(0)
+        } else {
+            Bytes::Lost
+        };
+    }
+    if end <= limit {
+        if start <= e.bytes {
+            e.bytes = e.bytes.max(end);
+        }
+        return Bytes::Pass;
+    }
+    let keep = (limit - start) as u32;
     // A GSO packet cut stops being one and could not leave whole, and a cut reads what it
     // keeps: keep one segment (at most CUT_MAX bytes) now, and let TCP send the rest again.
     // SAFETY: reading a field of the context the kernel handed us.
@@ -176,16 +233,19 @@ pub fn forward(
     } else {
         CUT_MAX
     };
-    if keep > step {
-        if craft::cut(ctx, flow, seg.header + seg.payload, seg.header, step).is_none() {
-            return Conn::Faults { first };
+    if keep <= step {
+        if start <= e.bytes {
+            e.bytes = limit;
         }
-        if seg.tcp.is_none() {
-            e.bytes += u64::from(step);
-        }
-        return Conn::Done(crate::verdict::TC_ACT_UNSPEC);
+        return Bytes::Trigger(keep);
     }
-    trigger(ctx, flow, &seg, e, action, dir, keep, c)
+    if craft::cut(ctx, flow, seg.header + seg.payload, seg.header, step).is_none() {
+        return Bytes::Lost;
+    }
+    if start <= e.bytes {
+        e.bytes = e.bytes.max(start + u64::from(step));
+    }
+    Bytes::Done(crate::verdict::TC_ACT_UNSPEC)
 }
 
 /// Starts the hang or the reset at this packet, after passing its first `keep` payload bytes.
@@ -214,7 +274,13 @@ fn trigger(
         } else {
             seg.header + seg.payload
         };
-        return Conn::Done(reset(ctx, flow, (&t, len), dir, keep));
+        // The peer expects the byte after the last it got: past `after-bytes`, the limit's.
+        let expected = if action.conn_flags & CONN_F_AFTER_BYTES != 0 && keep == 0 {
+            e.base_seq.wrapping_add(action.after_bytes as u32)
+        } else {
+            t.seq.wrapping_add(keep)
+        };
+        return Conn::Done(reset(ctx, flow, (&t, len), dir, (keep, expected)));
     }
     e.state = CONN_HUNG;
     c.conns_hung += 1;
@@ -227,10 +293,16 @@ fn trigger(
 
 /// Aborts the connection from packet `t` (its first `keep` payload bytes already cut out): what
 /// was kept and a RST go on the packet's way, and the packet itself, as a RST, goes back to
-/// its sender. Each RST carries the sequence number its receiver expects next.
+/// its sender. Each RST carries the sequence number its receiver expects next: `end` for the
+/// packet's receiver, the packet's acknowledgement for its sender.
 #[inline(always)]
-fn reset(ctx: &TcContext, flow: &Flow, (t, len): (&Tcp, u32), dir: usize, keep: u32) -> i32 {
-    let end = t.seq.wrapping_add(keep);
+fn reset(
+    ctx: &TcContext,
+    flow: &Flow,
+    (t, len): (&Tcp, u32),
+    dir: usize,
+    (keep, end): (u32, u32),
+) -> i32 {
     if keep > 0 && !craft::send_copy(ctx, dir, true) {
         return silent_drop();
     }

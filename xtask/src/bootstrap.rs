@@ -15,13 +15,17 @@ use crate::{exec, require_root, step};
 
 /// Debian packages the tests and demo use: `ip` for namespaces and veth, `ping` for the ping
 /// test, `setpriv` and `unshare` for the missing-capability and API fuzzing tests, and Debian's
-/// own Python with `venv` for the fuzzer (schemathesis) the API test runs.
+/// own Python with `venv` for the fuzzer (schemathesis) the API test runs, `curl` against a
+/// real HTTP server in the connection-fault tests, and `ethtool` to turn checksum offload off
+/// where the receiver's kernel must verify a corrupted datagram's checksum.
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "util-linux",
     "python3",
     "python3-venv",
+    "curl",
+    "ethtool",
 ];
 /// The OpenAPI fuzzer `tests/tests/openapi.rs` drives the daemon's API with, from PyPI.
 const SCHEMATHESIS_VERSION: &str = "4.32.5";
