@@ -8,6 +8,7 @@ mod edt;
 mod faults;
 mod maps;
 mod parse;
+mod stages;
 mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
@@ -23,17 +24,30 @@ pub fn chaos_egress(ctx: TcContext) -> i32 {
     verdict::classify(&ctx, DIR_EGRESS)
 }
 
-/// Connection faults, duplicates, corruption and burst loss for packets seen on ingress,
-/// reached from `chaos_ingress` by a tail call (`CHAOS_JUMP`); never attached.
+/// The connection stage for packets seen on ingress (`stages`), reached by a tail call from
+/// `chaos_ingress`; never attached.
+#[classifier]
+pub fn chaos_conn_ingress(ctx: TcContext) -> i32 {
+    stages::conn_stage(&ctx, DIR_INGRESS)
+}
+
+/// As `chaos_conn_ingress`, for egress.
+#[classifier]
+pub fn chaos_conn_egress(ctx: TcContext) -> i32 {
+    stages::conn_stage(&ctx, DIR_EGRESS)
+}
+
+/// The fault stage for packets seen on ingress (`stages`): burst loss, a slow open,
+/// duplicates, corruption, with delay and rate; never attached.
 #[classifier]
 pub fn chaos_faults_ingress(ctx: TcContext) -> i32 {
-    verdict::classify_faults(&ctx, DIR_INGRESS)
+    stages::fault_stage(&ctx, DIR_INGRESS)
 }
 
 /// As `chaos_faults_ingress`, for egress.
 #[classifier]
 pub fn chaos_faults_egress(ctx: TcContext) -> i32 {
-    verdict::classify_faults(&ctx, DIR_EGRESS)
+    stages::fault_stage(&ctx, DIR_EGRESS)
 }
 
 /// Does nothing: the baseline `cargo xtask bench` measures chaos's cost against, loaded from the

@@ -127,7 +127,6 @@ pub static CHAOS_GE_STATE: Array<u32> = Array::with_max_entries(MAX_RULES, 0);
 pub static CHAOS_SCRATCH: PerCpuArray<[u8; crate::craft::SCRATCH]> =
     PerCpuArray::with_max_entries(1, 0);
 
-/// The fault programs (`chaos_faults_ingress`, `chaos_faults_egress`) by `DIR_*`: connection
-/// faults, duplicates, corruption and burst loss run there, reached by a tail call.
+/// The tail-called stages (see `stages`): `chaos_faults_*` by `DIR_*`, then `chaos_conn_*`.
 #[map]
-pub static CHAOS_JUMP: ProgramArray = ProgramArray::with_max_entries(2, 0);
+pub static CHAOS_JUMP: ProgramArray = ProgramArray::with_max_entries(4, 0);

@@ -19,7 +19,7 @@ use chaos_common::{
 };
 
 use crate::{
-    conn::{self, Conn, Reverse},
+    conn::{self, Reverse},
     edt::{Departure, hold_for, roll, schedule},
     faults,
     maps::{
@@ -29,6 +29,7 @@ use crate::{
         CHAOS_SRC6_HASHED, CHAOS_SRC6_RULES,
     },
     parse::{Flow, parse},
+    stages::{self, STAGE_COUNTED, STAGE_FIRST},
 };
 
 /// "No decision": under TCX the next program runs (TCX_NEXT), under netlink cls_bpf the next
@@ -76,7 +77,7 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
         if !lease_expired(config, now) {
             match conn::reverse_peek(ctx, &flow, &flow_key(&flow, true), generation, now) {
                 Some(Reverse::Lost(verdict)) => return Some(verdict),
-                Some(Reverse::Due) => jump(ctx, dir, JUMP_REVERSE),
+                Some(Reverse::Due) => stages::reverse(ctx, dir),
                 None => {}
             }
         }
@@ -188,62 +189,8 @@ fn try_classify(ctx: &TcContext, dir: usize) -> Option<i32> {
     if action.expires_ns != 0 && now > action.expires_ns {
         return None;
     }
-    if action.flags & ACTION_F_EXTENDED != 0 {
-        jump(ctx, dir, index + 1);
-    }
-    Some(apply::<false>(
-        ctx,
-        &flow,
-        (action, index),
-        dir,
-        config,
-        now,
-    ))
-}
-
-/// Faults whose code lives in the fault program (`chaos_faults_*`), so that the verifier
-/// checks it apart from the matching, and plain rules' packets never pass through it.
-const ACTION_F_EXTENDED: u32 = ACTION_F_CONN | ACTION_F_DUPLICATE | ACTION_F_CORRUPT | ACTION_F_GE;
-
-/// `skb->cb[0]` for the fault program: a packet against a hanging or resetting rule's way.
-const JUMP_REVERSE: u32 = u32::MAX;
-
-/// Hands the packet to the fault program of `dir`, telling it what to do in `cb[0]`: a rule's
-/// `index + 1`, or `JUMP_REVERSE`. Returns only if the jump failed (the fault program is not
-/// loaded): the packet then gets the plain faults.
-#[inline(always)]
-fn jump(ctx: &TcContext, dir: usize, what: u32) {
-    // SAFETY: the context's own control buffer, BPF's to use; the jump does not return.
-    unsafe {
-        (*ctx.skb.skb).cb[0] = what;
-        CHAOS_JUMP.tail_call(ctx, dir as u32);
-        (*ctx.skb.skb).cb[0] = 0;
-    }
-}
-
-/// The fault program's body: the work `jump` handed over, for a packet seen in `dir`.
-#[inline(always)]
-pub fn classify_faults(ctx: &TcContext, dir: usize) -> i32 {
-    // SAFETY: the context's own control buffer, set by `jump`.
-    let what = unsafe { (*ctx.skb.skb).cb[0] };
-    // SAFETY: as above; cleared for whoever looks at the buffer next.
-    unsafe { (*ctx.skb.skb).cb[0] = 0 };
-    try_faults(ctx, dir, what).unwrap_or(TC_ACT_UNSPEC)
-}
-
-#[inline(always)]
-fn try_faults(ctx: &TcContext, dir: usize, what: u32) -> Option<i32> {
-    let config = CHAOS_CONFIG.get(0)?;
-    let generation = config.active_gen;
-    let flow = parse(ctx)?;
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if what == JUMP_REVERSE {
-        return conn::reverse(ctx, &flow, &flow_key(&flow, true), generation, dir, now);
-    }
-    let index = what.checked_sub(1)?;
-    let action = CHAOS_ACTIONS.get(index)?;
-    Some(apply::<true>(ctx, &flow, (action, index), dir, config, now))
+    stages::hand_over(ctx, action, index, dir);
+    Some(apply::<false>(ctx, &flow, (action, index), dir, config, 0))
 }
 
 /// The controller's lease ran out: it died or froze. Pass everything until it is back.
@@ -386,16 +333,17 @@ pub fn counters(action: &RuleAction) -> Option<&'static mut RuleCounters> {
         .map(|c| unsafe { &mut *c })
 }
 
-/// Applies the rule's faults to a packet and counts it: the connection's fate first, then loss,
-/// the departure time (rate, delay, order) for what is kept, duplicates and corruption.
+/// Applies the rule's packet faults and counts the packet (unless `STAGE_COUNTED` says the
+/// connection stage did): loss, the departure time (rate, delay, order) for what is kept, and
+/// (`EXTENDED`, in the fault program) burst loss, a slow open, duplicates and corruption.
 #[inline(always)]
-fn apply<const EXTENDED: bool>(
+pub fn apply<const EXTENDED: bool>(
     ctx: &TcContext,
     flow: &Flow,
     (action, index): (&RuleAction, u32),
     dir: usize,
     config: &RuntimeConfig,
-    now: u64,
+    stage: u32,
 ) -> i32 {
     let Some(c) = counters(action) else {
         return TC_ACT_UNSPEC;
@@ -403,26 +351,12 @@ fn apply<const EXTENDED: bool>(
     // SAFETY: reading a field of the context the kernel handed us.
     let segs = u64::from(unsafe { (*ctx.skb.skb).gso_segs }.max(1));
     let bytes = u64::from(ctx.len());
-    c.matched_pkts += 1;
-    c.matched_segs += segs;
-    c.matched_bytes += bytes;
-    let mut first = false;
-    if EXTENDED && action.flags & ACTION_F_CONN != 0 {
-        match conn::forward(
-            ctx,
-            flow,
-            &flow_key(flow, false),
-            action,
-            index,
-            dir,
-            now,
-            c,
-        ) {
-            Conn::Pass => return TC_ACT_UNSPEC,
-            Conn::Done(verdict) => return verdict,
-            Conn::Faults { first: f } => first = f,
-        }
+    if stage & STAGE_COUNTED == 0 {
+        c.matched_pkts += 1;
+        c.matched_segs += segs;
+        c.matched_bytes += bytes;
     }
+    let first = stage & STAGE_FIRST != 0;
     let drop = if EXTENDED && action.flags & ACTION_F_GE != 0 {
         faults::ge_loses(action)
     } else {
@@ -526,7 +460,7 @@ fn is_local_tcp(ctx: &TcContext, flow: &Flow) -> bool {
 
 /// The flow key of a packet, or (`reversed`) of the packets coming back the other way.
 #[inline(always)]
-fn flow_key(flow: &Flow, reversed: bool) -> FlowKey {
+pub fn flow_key(flow: &Flow, reversed: bool) -> FlowKey {
     let (sport, dport) = flow.ports.unwrap_or((0, 0));
     let (src, dst, sport, dport) = if reversed {
         (flow.dst, flow.src, dport, sport)

@@ -38,6 +38,9 @@ pub struct Injector {
     datapath: Datapath,
     plumbing: Plumbing,
     iface: String,
+    /// The lease last renewed: `apply` renews it once done, since loading the stage programs
+    /// can take longer than a short lease (the faults would lapse until the next renewal).
+    lease: Option<std::time::Duration>,
 }
 
 impl Injector {
@@ -48,6 +51,7 @@ impl Injector {
             datapath: Datapath::load_with(capacity)?,
             plumbing: Plumbing::new(iface, ifindex),
             iface: iface.to_owned(),
+            lease: None,
         })
     }
 
@@ -81,11 +85,15 @@ impl Injector {
             self.datapath.reset_counters(*slot)?;
         }
         self.datapath.apply(set)?;
+        if let Some(lease) = self.lease {
+            self.datapath.set_lease(lease)?;
+        }
         Ok(())
     }
 
     /// Renews the program's lease (see `RuntimeConfig::lease_until_ns`).
     pub fn renew_lease(&mut self, lease: std::time::Duration) -> Result<(), InjectorError> {
+        self.lease = Some(lease);
         Ok(self.datapath.set_lease(lease)?)
     }
 

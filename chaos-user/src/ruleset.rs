@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use chaos_common::{
     GenSettings, RuleAction,
-    rules::{ACTION_F_CONN, ACTION_F_DUPLICATE, MAX_GUARD_PORTS, PortClasses, RuleMask, TABLES},
+    rules::{
+        ACTION_F_CONN, ACTION_F_CORRUPT, ACTION_F_DUPLICATE, ACTION_F_GE, MAX_GUARD_PORTS,
+        PortClasses, RuleMask, TABLES,
+    },
 };
 use ipnet::IpNet;
 
@@ -205,13 +208,15 @@ impl RuleSet {
         if self.holds.reverse_tcp_delay && !directions.contains(&Direction::Ingress) {
             directions.push(Direction::Ingress);
         }
-        // A hang or reset acts on the connection's packets both ways.
+        // A hang or reset acts on the connection's packets both ways; a refusal's RST goes back
+        // the other way, where the program must see it to clear its mark.
         for rule in &self.rules {
             let other = match rule.direction {
                 Direction::Ingress => Direction::Egress,
                 Direction::Egress => Direction::Ingress,
             };
-            if rule.conn.is_some_and(|c| c.both_ways()) && !directions.contains(&other) {
+            let other_way = rule.conn.is_some_and(|c| c.both_ways() || c.refuse);
+            if other_way && !directions.contains(&other) {
                 directions.push(other);
             }
         }
@@ -224,6 +229,14 @@ impl RuleSet {
         self.actions
             .iter()
             .any(|a| a.flags & (ACTION_F_CONN | ACTION_F_DUPLICATE) != 0)
+    }
+
+    /// Whether some rule's faults run in the fault programs (connection faults, duplicates,
+    /// corruption, burst loss), which the datapath then loads.
+    pub fn needs_fault_programs(&self) -> bool {
+        self.actions.iter().any(|a| {
+            a.flags & (ACTION_F_CONN | ACTION_F_DUPLICATE | ACTION_F_CORRUPT | ACTION_F_GE) != 0
+        })
     }
 
     /// Whether some rule keeps connection state (to size the connection table).

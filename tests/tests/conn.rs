@@ -669,3 +669,71 @@ impl Drop for Server {
         self.0.wait().ok();
     }
 }
+
+/// The daemon: an experiment that resets connections to one port mixes with one that drops
+/// datagrams to another; deleting the reset experiment restores the connections at once, and
+/// the counters (API and /metrics) say what happened.
+#[test]
+fn the_daemon_mixes_reset_with_drop_and_delete_restores() {
+    let _traffic = heavy_traffic();
+    let lab = Lab::new("dconn");
+    let d = netlab::Daemon::start(&[]);
+    let tcp: SocketAddr = (SERVER_V4, 8080).into();
+    let udp: SocketAddr = (SERVER_V4, 9000).into();
+    let served = tcp_server(&lab.b, tcp, 2, Duration::from_secs(2));
+    for (name, rule) in [
+        ("resets", "proto=tcp dport=8080 reset=yes"),
+        ("drops", "proto=udp dport=9000 drop=100%"),
+    ] {
+        let apply = d.ctl(&[
+            "apply", "--name", name, "--iface", IFACE, "--netns", &lab.a, "--rule", rule,
+        ]);
+        assert_eq!(apply.code, Some(0), "{}", apply.stderr);
+    }
+    let exchange = |lab: &Lab| {
+        in_netns(&lab.a, move || {
+            let mut s = TcpStream::connect_timeout(&tcp, Duration::from_secs(3)).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            s.write_all(b"ping").unwrap();
+            // A reset may already have closed it (ENOTCONN): the read tells how.
+            s.shutdown(Shutdown::Write).ok();
+            let mut buf = [0u8; 16];
+            s.read(&mut buf).map_err(|e| e.kind())
+        })
+    };
+    assert_eq!(
+        exchange(&lab),
+        Err(ErrorKind::ConnectionReset),
+        "reset while applied"
+    );
+    let rx = UdpCounter::start(&lab.b, udp);
+    netlab::udp_send(&lab.a, udp, 100, 32);
+    assert_eq!(rx.finish().0, 0, "the drop experiment holds beside it");
+    let metrics = d.ctl(&["status", "--output", "json"]);
+    assert_eq!(metrics.code, Some(0), "{}", metrics.stderr);
+    assert!(
+        metrics.stdout.contains("\"conns_reset\":1"),
+        "status shows the reset: {}",
+        metrics.stdout
+    );
+    let delete = d.ctl(&["delete", "resets"]);
+    assert_eq!(delete.code, Some(0), "{}", delete.stderr);
+    assert_eq!(
+        exchange(&lab),
+        Ok(0),
+        "after delete the connection closes cleanly"
+    );
+    let first = served
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server end");
+    assert_eq!(first.end, ErrorKind::ConnectionReset, "{first:?}");
+    let second = served
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server end");
+    assert_eq!(
+        (second.bytes, second.end),
+        (4, ErrorKind::UnexpectedEof),
+        "{second:?}"
+    );
+    assert_eq!(d.stop().code, Some(0));
+}

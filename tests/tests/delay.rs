@@ -477,3 +477,81 @@ fn vm_daemon_mixed_drop_and_delay() {
         "root qdisc as found"
     );
 }
+
+/// connect-delay=200ms: `connect()` to the port takes 200 ms more (the SYN waits in fq), the
+/// exchanges after it on the same connection are not delayed, and another port connects at
+/// once. Measured at the client, from its own clock.
+#[test]
+#[ignore = "needs sch_fq: runs inside the 6.12 VM through on_the_fq_kernel"]
+fn vm_connect_delay_holds_only_the_first_packet() {
+    use std::{
+        io::{Read as _, Write as _},
+        net::{TcpListener, TcpStream},
+    };
+    let lab = Lab::new("cdel");
+    for port in [8080u16, 8081] {
+        let addr: SocketAddr = (SERVER_V4, port).into();
+        let (tx, rx) = std::sync::mpsc::channel();
+        netlab::spawn_in_netns(&lab.b, move || {
+            let listener = TcpListener::bind(addr).unwrap();
+            tx.send(()).unwrap();
+            // One connection per port: echo until it closes.
+            if let Ok((mut s, _)) = listener.accept() {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    }
+    let chaos = ChaosProcess::start(&[
+        "--netns",
+        &lab.a,
+        "--iface",
+        IFACE,
+        "--output",
+        "json",
+        "--rule",
+        "proto=tcp dport=8080 connect-delay=200ms",
+    ]);
+    let timings = |port: u16| {
+        let dst: SocketAddr = (SERVER_V4, port).into();
+        netlab::in_netns(&lab.a, move || {
+            let start = Instant::now();
+            let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(5)).unwrap();
+            let connect = start.elapsed();
+            s.set_nodelay(true).unwrap();
+            let mut rtts = Vec::new();
+            for _ in 0..20 {
+                let t = Instant::now();
+                s.write_all(b"ping").unwrap();
+                let mut buf = [0u8; 4];
+                s.read_exact(&mut buf).unwrap();
+                rtts.push(ms(t.elapsed()));
+            }
+            (ms(connect), rtts)
+        })
+    };
+    let (slow, rtts) = timings(8080);
+    let (fast, _) = timings(8081);
+    let exit = chaos.stop(libc::SIGINT);
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    let median = percentile(&rtts, 0.5);
+    eprintln!(
+        "connect-delay=200ms: connect {slow:.1} ms (other port {fast:.1} ms), echo p50 {median:.2} ms after it"
+    );
+    assert!((199.0..400.0).contains(&slow), "connect took {slow:.1} ms");
+    assert!(
+        fast < 100.0,
+        "the other port connects at once: {fast:.1} ms"
+    );
+    assert!(
+        median < 50.0,
+        "the transfer is not delayed: p50 {median:.2} ms"
+    );
+    let report = &exit.json()[0];
+    assert_eq!(report["conns_seen"], 1, "{report}");
+}

@@ -74,6 +74,11 @@ A config file holds the same fields as the API:
   rules = [\"proto=tcp dport=6379 drop=5% delay=200ms delay-p=20%\"]
   duration = \"5m\"
 
+Rules are `chaos run`'s language (`chaos run --help`), connection faults included, e.g.
+  rules = [\"proto=tcp dport=8080 reset=yes after=2s conn-p=30%\"]
+Each rule's counters (GET /v1/experiments/NAME, /metrics) include connections seen, chosen,
+refused, reset and hung, and packets lost to them, duplicated and corrupted.
+
 Overlapping experiments on one interface: higher `priority` first, then the older one; the
 first rule that matches a packet decides. On SIGINT/SIGTERM every interface is restored.";
 

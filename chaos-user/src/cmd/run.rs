@@ -63,7 +63,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "PORTS", value_delimiter = ',', default_values_t = guard::DEFAULT_EXCLUDED_PORTS)]
     pub exclude_ports: Vec<u16>,
 
-    /// Only count what the rules match: no packet is dropped, delayed or paced.
+    /// Only count what the rules match: no packet is dropped, delayed, paced or altered, and no
+    /// connection is refused, reset or hung.
     #[arg(long)]
     pub dry_run: bool,
 
@@ -87,10 +88,28 @@ RULE is space-separated key=value pairs:
                          added latency (EDT + fq), its spread, the share delayed
   rate=R                 pace the rule's traffic: 500kbit, 10mbit, 2gbit
   reorder=yes            let jittered packets overtake earlier ones of their flow
+  duplicate=P            share of packets sent twice
+  corrupt=P              share of packets with one TCP/UDP payload bit flipped; checksum valid
+  loss=ge:P/R[/H[/K]]    Gilbert-Elliott burst loss instead of drop (below)
+  conn-p=P               share of connections (TCP, or UDP flows) chosen at their first packet
+  refuse=yes             answer a chosen connection's SYN with a RST: ECONNREFUSED (tcp)
+  hang=yes               from the connection's first data, lose its packets both ways
+  reset=yes              at the connection's first data, send both ends a RST (tcp)
+  after=D                start hang or reset at the first packet D after the connection's first
+  after-bytes=N          start hang or reset once exactly N payload bytes passed the rule's way
+  connect-delay=D        hold a chosen connection's first packet (the SYN) for D (needs fq)
+  max-conns=N            choose only the rule's first N connections
   force=yes              allow matching an excluded TCP port (--exclude-ports)
 
-Example:
+Examples:
   chaos run --iface veth0 --rule 'proto=udp dport=9000 dst=198.18.0.2/32 drop=30%' --duration 10s
+  chaos run --iface veth0 --rule 'proto=tcp dport=8080 reset=yes after=2s conn-p=30%'
+
+Connection keys need proto=tcp or proto=udp (refuse and reset: tcp). A rule with conn-p or
+max-conns applies all its faults to the chosen connections only. 'First data' is the first
+packet with payload or FIN either way (a UDP flow's first datagram). loss=ge:P/R[/H[/K]]:
+P good to bad, R bad to good, H delivered when bad (default 0), K when good (default 1);
+mean loss P/(P+R)*(1-H) + R/(P+R)*(1-K), bad runs of 1/R packets on average.
 
 Loss is silent as on a wire: senders are not told. A TCP super-packet (GSO) is lost whole,
 with probability P, so TCP bulk traffic loses the share P of its segments in bursts.

@@ -145,8 +145,11 @@ struct Maps {
     /// Per counter slot: connections chosen under `max-conns`, and the Gilbert-Elliott state.
     conn_quota: Array<MapData, u64>,
     ge_state: Array<MapData, u32>,
-    /// Holds the fault programs for as long as the program may jump to them.
-    _jump: ProgramArray<MapData>,
+    /// The fault programs by `DIR_*`, once a rule set needed them.
+    jump: ProgramArray<MapData>,
+    faults_loaded: bool,
+    /// Kept open: the fault programs, loaded later, refer to it too.
+    _dist_tables: Array<MapData, DistTable>,
 }
 
 /// The loaded program and its maps.
@@ -205,22 +208,7 @@ impl Datapath {
                 .load()
                 .map_err(|source| DatapathError::Program { name, source })?;
         }
-        // The fault programs are reached by tail call, by direction (`DIR_*`).
-        let mut jump: ProgramArray<MapData> = take(&mut ebpf, "CHAOS_JUMP")?;
-        for (index, name) in [
-            (DIR_INGRESS, "chaos_faults_ingress"),
-            (DIR_EGRESS, "chaos_faults_egress"),
-        ] {
-            let program = classifier(&mut ebpf, name)?;
-            program
-                .load()
-                .map_err(|source| DatapathError::Program { name, source })?;
-            let fd = program
-                .fd()
-                .map_err(|source| DatapathError::Program { name, source })?;
-            jump.set(index as u32, fd, 0)
-                .map_err(map_err("CHAOS_JUMP"))?;
-        }
+        let jump: ProgramArray<MapData> = take(&mut ebpf, "CHAOS_JUMP")?;
         let mut dist_tables: Array<MapData, DistTable> = take(&mut ebpf, "CHAOS_DIST_TABLES")?;
         for (t, table) in dist::tables().iter().enumerate() {
             dist_tables
@@ -235,7 +223,9 @@ impl Datapath {
             flow_departure: take(&mut ebpf, "CHAOS_FLOW_DEPARTURE")?,
             conn_quota: take(&mut ebpf, "CHAOS_CONN_QUOTA")?,
             ge_state: take(&mut ebpf, "CHAOS_GE_STATE")?,
-            _jump: jump,
+            jump,
+            faults_loaded: false,
+            _dist_tables: dist_tables,
         };
         Ok(Self {
             maps,
@@ -252,9 +242,42 @@ impl Datapath {
         self.capacity
     }
 
+    /// Loads the stage programs (connection faults; duplicates, corruption, burst loss) and
+    /// puts them where the main programs jump. Only rule sets with such faults need them, and
+    /// their verification takes the kernel a while: plain rule sets never wait for it.
+    fn load_fault_programs(&mut self) -> Result<()> {
+        if self.maps.faults_loaded {
+            return Ok(());
+        }
+        // CHAOS_JUMP's slots: the fault stage by `DIR_*`, then the connection stage.
+        for (index, name) in [
+            (DIR_INGRESS, "chaos_faults_ingress"),
+            (DIR_EGRESS, "chaos_faults_egress"),
+            (2 + DIR_INGRESS, "chaos_conn_ingress"),
+            (2 + DIR_EGRESS, "chaos_conn_egress"),
+        ] {
+            let program = classifier(&mut self.ebpf, name)?;
+            program
+                .load()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            let fd = program
+                .fd()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            self.maps
+                .jump
+                .set(index as u32, fd, 0)
+                .map_err(map_err("CHAOS_JUMP"))?;
+        }
+        self.maps.faults_loaded = true;
+        Ok(())
+    }
+
     /// Makes `set` the live rule set: writes the idle generation whole, then flips the
     /// active-generation slot, so a packet sees either the old set or the new one.
     pub fn apply(&mut self, set: &RuleSet) -> Result<()> {
+        if set.needs_fault_programs() {
+            self.load_fault_programs()?;
+        }
         for (table, (needed, room)) in set
             .hashed_counts()
             .into_iter()

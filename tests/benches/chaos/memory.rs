@@ -1,21 +1,28 @@
 //! Memory: the kernel memory chaos holds in BPF maps (and, as context, in programs), read from
 //! the chaos process's own file descriptors.
 //!
-//! Four snapshots, each of one process we started: (a) `chaos run` with one rule on a lab's
-//! veth; a `chaos daemon` (b0) idle, (b) holding one interface, (c) holding `INTERFACES`, one
-//! lab (two namespaces and a veth pair) per interface and one small experiment each, created
-//! with `chaos apply` over the daemon's socket. A snapshot walks `/proc/PID/fd`, keeps the
-//! descriptors whose `/proc/PID/fdinfo/FD` names a `map_id` (or a `prog_id`), counts each id
-//! once and sums their `memlock` (the kernel's own accounting of the object's memory); each map
-//! is named through `BPF_OBJ_GET_INFO_BY_FD` on its id. The cost of a further interface is
-//! ((c) − (b)) / (INTERFACES − 1).
+//! Five snapshots, each of one process we started: (a) `chaos run` with one rule on a lab's
+//! veth, and (a′) with one connection rule instead, whose connection table `chaos run` sizes
+//! for 65,536 connections; a `chaos daemon` (b0) idle, (b) holding one interface, (c) holding
+//! `INTERFACES`, one lab (two namespaces and a veth pair) per interface and one small
+//! experiment each, created with `chaos apply` over the daemon's socket. A snapshot walks
+//! `/proc/PID/fd`, keeps the descriptors whose `/proc/PID/fdinfo/FD` names a `map_id` (or a
+//! `prog_id`), counts each id once and sums their `memlock` (the kernel's own accounting of the
+//! object's memory); each map is named through `BPF_OBJ_GET_INFO_BY_FD` on its id. The cost of
+//! a further interface is ((c) − (b)) / (INTERFACES − 1). The connection table
+//! (`CHAOS_CONNS`) makes most of the difference between (a′) and (a); a daemon sizes it for
+//! 2,048 connections on every interface, whatever its rules.
 //!
-//! `data`: `{ "rule": "...", "interfaces": N, "per_further_interface_bytes": f64 | null,
-//! "run" | "daemon_idle" | "daemon_1": { "pid", "maps": [ { "id", "name", "type", "key_size",
+//! `data`: `{ "rule": "...", "conn_rule": "...", "interfaces": N,
+//! "per_further_interface_bytes": f64 | null, "conn_table": { "run_entries", "run_bytes",
+//! "run_over_plain_bytes", "daemon_entries", "daemon_bytes" }, "run" | "run_conn" |
+//! "daemon_idle" | "daemon_1": { "pid", "maps": [ { "id", "name", "type", "key_size",
 //! "value_size", "max_entries", "memlock" } ], "map_count", "map_memlock_bytes", "prog_count",
-//! "prog_memlock_bytes" (null when a program is held through a link only) }, "daemon_n": { the same without "maps" } | { "skipped": "why" },
-//! "by_name": [ { "name", "run", "daemon_1", "daemon_n", "per_further_interface" } ] }`
-//! (memlock in bytes; `by_name` sums the maps of one name in each snapshot).
+//! "prog_memlock_bytes" (null when a program is held through a link only) }, "daemon_n": { the
+//! same without "maps" } | { "skipped": "why" }, "by_name": [ { "name", "run", "run_conn",
+//! "daemon_1", "daemon_n", "per_further_interface" } ] }` (memlock in bytes; `by_name` sums the
+//! maps of one name in each snapshot; `conn_table` gives `CHAOS_CONNS` in (a′) and (b), null
+//! where it is missing).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -36,6 +43,10 @@ const ID: &str = "memory";
 const TITLE: &str = "Memory: kernel memory held in BPF maps";
 /// The small rule set of every snapshot.
 const RULE: &str = "proto=udp dport=9 drop=1%";
+/// (a′): a rule that keeps connection state.
+const CONN_RULE: &str = "proto=tcp dport=9 conn-p=30% reset=yes";
+/// The connection table's name as the kernel keeps it.
+const CONNS: &str = "CHAOS_CONNS";
 /// Interfaces the daemon holds in snapshot (c).
 const INTERFACES: usize = 50;
 /// The target: what each further interface may cost the daemon.
@@ -169,6 +180,11 @@ impl Snapshot {
         v
     }
 
+    /// The map named `name` (the first, by id).
+    fn map(&self, name: &str) -> Option<&MapEntry> {
+        self.maps.values().find(|m| m.name == name)
+    }
+
     /// memlock summed by map name.
     fn by_name(&self) -> HashMap<String, u64> {
         let mut out = HashMap::new();
@@ -206,13 +222,23 @@ pub fn run(_ctx: &Ctx) -> Section {
     let mut section = Section::new(ID, TITLE);
     let started = Instant::now();
 
-    // (a) chaos run with one rule.
+    // (a) chaos run with one rule, (a′) with one connection rule, one after the other.
     let run_lab = Lab::new("bench-mem-run");
-    let run = ChaosProcess::start(&["--netns", &run_lab.a, "--iface", IFACE, "--rule", RULE]);
-    let run_pid = run.pid();
-    let run_snap = Snapshot::settled(run_pid);
-    let exit = run.stop(libc::SIGINT);
-    assert_eq!(exit.code, Some(0), "chaos run: {}", exit.stderr);
+    let chaos_run = |rule: &str| {
+        let run = ChaosProcess::start(&["--netns", &run_lab.a, "--iface", IFACE, "--rule", rule]);
+        let pid = run.pid();
+        let snap = Snapshot::settled(pid);
+        let exit = run.stop(libc::SIGINT);
+        assert_eq!(
+            exit.code,
+            Some(0),
+            "chaos run --rule '{rule}': {}",
+            exit.stderr
+        );
+        (pid, snap)
+    };
+    let (run_pid, run_snap) = chaos_run(RULE);
+    let (conn_pid, conn_snap) = chaos_run(CONN_RULE);
     drop(run_lab);
 
     // The daemon: idle, one interface, then INTERFACES. Labs are declared before the daemon,
@@ -314,6 +340,10 @@ pub fn run(_ctx: &Ctx) -> Section {
         ]);
     };
     total_row("(a) chaos run, 1 rule, 1 interface".to_owned(), &run_snap);
+    total_row(
+        "(a′) chaos run, 1 connection rule, 1 interface".to_owned(),
+        &conn_snap,
+    );
     total_row("chaos daemon, idle".to_owned(), &idle);
     total_row("(b) chaos daemon, 1 interface".to_owned(), &one);
     if let Ok(m) = &many {
@@ -322,10 +352,12 @@ pub fn run(_ctx: &Ctx) -> Section {
 
     // By name: where a further interface's bytes go.
     let run_by = run_snap.by_name();
+    let conn_by = conn_snap.by_name();
     let one_by = one.by_name();
     let many_by = many.as_ref().map(Snapshot::by_name).unwrap_or_default();
     let mut names: Vec<&String> = run_by
         .keys()
+        .chain(conn_by.keys())
         .chain(one_by.keys())
         .chain(many_by.keys())
         .collect();
@@ -348,6 +380,7 @@ pub fn run(_ctx: &Ctx) -> Section {
         &[
             "map",
             "(a) run",
+            "(a′) run, connection rule",
             "(b) daemon, 1 interface",
             &format!("(c) daemon, {INTERFACES} interfaces"),
             "per further interface",
@@ -360,6 +393,7 @@ pub fn run(_ctx: &Ctx) -> Section {
         by_table.row(vec![
             (*n).clone(),
             kib(run_by.get(*n).copied()),
+            kib(conn_by.get(*n).copied()),
             kib(one_by.get(*n).copied()),
             kib(many.as_ref().ok().map(|_| *many_by.get(*n).unwrap_or(&0))),
             per.map_or("—".to_owned(), |b| f(b / 1024.0, 1)),
@@ -367,23 +401,83 @@ pub fn run(_ctx: &Ctx) -> Section {
         by_json.push(json!({
             "name": n,
             "run": run_by.get(*n),
+            "run_conn": conn_by.get(*n),
             "daemon_1": one_by.get(*n),
             "daemon_n": many.as_ref().ok().map(|_| many_by.get(*n).copied().unwrap_or(0)),
             "per_further_interface": per,
         }));
     }
 
+    // The connection table: (a′) against (a), and what each daemon interface holds of it.
+    let conn_total = conn_snap.map_bytes();
+    let run_conns = conn_snap.map(CONNS).cloned();
+    let daemon_conns = one.map(CONNS).cloned();
+    let conn_over_plain = conn_total as f64 - run_total as f64;
+    let mut conn_table = Table::new(
+        &format!(
+            "The connection table ({CONNS}, an LRU hash of {} B keys and {} B values)",
+            run_conns.as_ref().map_or(0, |m| m.key_size),
+            run_conns.as_ref().map_or(0, |m| m.value_size)
+        ),
+        &[
+            "process",
+            "max entries",
+            "memlock (MiB)",
+            "B per entry",
+            "all maps (MiB)",
+        ],
+    );
+    let per_entry = |m: &MapEntry| m.memlock as f64 / m.max_entries.max(1) as f64;
+    for (what, m, all) in [
+        (
+            format!("(a′) chaos run --rule '{CONN_RULE}'"),
+            &run_conns,
+            Some(conn_total),
+        ),
+        (
+            format!("(a) chaos run --rule '{RULE}'"),
+            &run_snap.map(CONNS).cloned(),
+            Some(run_total),
+        ),
+        (
+            "(b) chaos daemon, each interface".to_owned(),
+            &daemon_conns,
+            None,
+        ),
+    ] {
+        let Some(m) = m else {
+            conn_table.row(vec![what, "—".into(), "—".into(), "—".into(), "—".into()]);
+            continue;
+        };
+        conn_table.row(vec![
+            what,
+            m.max_entries.to_string(),
+            mib(m.memlock as f64),
+            f(per_entry(m), 0),
+            all.map_or("—".to_owned(), |b| mib(b as f64)),
+        ]);
+    }
+    let conn_text = |m: &Option<MapEntry>| {
+        m.as_ref().map_or("not found".to_owned(), |m| {
+            format!("{} MiB at {} entries", mib(m.memlock as f64), m.max_entries)
+        })
+    };
+
     section.target(
         "memory per further interface",
         "≤ 1 MiB for each further interface a daemon attaches with a small rule set",
         match &many {
             Ok(m) => format!(
-                "{} MiB per further interface (daemon maps: {} MiB with 1 interface, {} MiB \
-                 with {INTERFACES}); `chaos run` with 1 rule: {} MiB",
+                "{} MiB per further interface, of which the connection table {} (daemon maps: \
+                 {} MiB with 1 interface, {} MiB with {INTERFACES}); `chaos run` with 1 rule: \
+                 {} MiB, with 1 connection rule: {} MiB (connection table {})",
                 mib(per_further.unwrap_or(f64::NAN)),
+                conn_text(&daemon_conns),
                 mib(one.map_bytes() as f64),
                 mib(m.map_bytes() as f64),
                 mib(run_total as f64),
+                mib(conn_total as f64),
+                conn_text(&run_conns),
             ),
             Err(why) => format!(
                 "not measured with {INTERFACES} interfaces: {why}; 1 interface: {} MiB over the \
@@ -394,6 +488,7 @@ pub fn run(_ctx: &Ctx) -> Section {
         per_further.is_some_and(|p| p <= PER_INTERFACE_GOAL),
     );
     section.tables.push(totals);
+    section.tables.push(conn_table);
     section.tables.push(maps_table);
     section.tables.push(by_table);
     section.note(format!(
@@ -417,14 +512,33 @@ pub fn run(_ctx: &Ctx) -> Section {
         INTERFACES - 1,
         elapsed.as_secs_f64()
     ));
+    section.note(format!(
+        "(a′) `chaos run --netns NS --iface {IFACE} --rule '{CONN_RULE}'` on the same veth, \
+         after (a) ended: a rule set that keeps connection state gets a connection table of \
+         65,536 entries, one without gets a single entry. (a′) − (a): {} MiB, the connection \
+         table {}. A daemon sizes the table of every interface for 2,048 connections whatever \
+         its rules, so the daemon figures above include {} per interface.",
+        mib(conn_over_plain),
+        conn_text(&run_conns),
+        conn_text(&daemon_conns),
+    ));
     if let Err(why) = &many {
         section.note(format!("Not measured with {INTERFACES} interfaces: {why}."));
     }
     section.data = json!({
         "rule": RULE,
+        "conn_rule": CONN_RULE,
         "interfaces": INTERFACES,
         "per_further_interface_bytes": per_further,
+        "conn_table": {
+            "run_entries": run_conns.as_ref().map(|m| m.max_entries),
+            "run_bytes": run_conns.as_ref().map(|m| m.memlock),
+            "run_over_plain_bytes": conn_over_plain,
+            "daemon_entries": daemon_conns.as_ref().map(|m| m.max_entries),
+            "daemon_bytes": daemon_conns.as_ref().map(|m| m.memlock),
+        },
         "run": run_snap.json(run_pid, true),
+        "run_conn": conn_snap.json(conn_pid, true),
         "daemon_idle": idle.json(pid, true),
         "daemon_1": one.json(pid, true),
         "daemon_n": match &many {

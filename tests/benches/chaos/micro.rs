@@ -2,31 +2,48 @@
 //! program from the same object, interleaved round by round.
 //!
 //! `data`: `{ "repeat": N, "rounds": R, "noop_ns": median, "program": { "xlated_insns",
-//! "jited_bytes" }, "cases": [ { "family": "ipv4"|"ipv6", "rules", "prefixes", "path":
-//! "hit-pass"|"hit-drop"|"hit-delay"|"miss", "median_ns", "noop_median_ns", "delta_ns",
-//! "ratio", "rounds_ns": [..] } ] }`. `delta_ns` is the median over rounds of
-//! (program - no-op) taken within each round.
+//! "jited_bytes" }, "conn": { "rule", "conn_hit_over_plain_ns", "conn_miss_over_plain_ns",
+//! "matched_pkts", "conns_seen" }, "cases": [ { "family": "ipv4"|"ipv6", "proto":
+//! "udp"|"tcp", "rules", "prefixes", "kind", "path":
+//! "hit-pass"|"hit-drop"|"hit-delay"|"miss"|"hit-conn"|"miss-conn", "median_ns",
+//! "noop_median_ns", "delta_ns", "ratio", "rounds_ns": [..] } ] }`. `delta_ns` is the median
+//! over rounds of (program - no-op) taken within each round. The TCP cases carry a 6-byte
+//! segment of an open connection: "hit-conn" and "miss-conn" under a connection rule
+//! (`proto=tcp dport=9000 dst=SERVER hang=yes after=1h`), the others under the same rule as
+//! a plain one. `conn_*_over_plain_ns` are medians over rounds of the difference of two
+//! cases' Δ within each round (IPv4), and `matched_pkts`/`conns_seen` the connection rule's
+//! counters over the last round's "hit-conn" runs.
 
 use aya::{
     Ebpf,
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
+use chaos_common::RuleCounters;
 use chaos_user::datapath::{Datapath, PROGRAM_OBJECT};
 use serde_json::{Value, json};
 
 use crate::{
     Ctx,
     report::{Section, Table},
-    scale::{self, CLIENT_V4, CLIENT_V6, Fault, HIT_PORT, MISS_PORT, SERVER_V4, SERVER_V6, Shape},
+    scale::{
+        self, CLIENT_V4, CLIENT_V6, CONN_FAULT, Fault, HIT_PORT, MISS_PORT, SERVER_V4, SERVER_V6,
+        Shape,
+    },
     stats::{f, median},
 };
 
 /// What a port + CIDR hit may cost over the no-op, per packet (the hit-path target).
 const HIT_BUDGET_NS: f64 = 20.0;
+/// What a connection-state hit may cost over a plain hit of the same packet.
+const CONN_HIT_BUDGET_NS: f64 = 40.0;
+/// How far a miss under a connection rule may read from a miss under a plain rule: the
+/// rounds' noise, not a cost (a packet no rule matches never reaches the connection table).
+const CONN_MISS_NOISE_NS: f64 = 5.0;
+/// `TC_ACT_UNSPEC` as BPF_PROG_TEST_RUN returns it: chaos's "pass".
+const PASSED: u32 = u32::MAX;
 
 /// A 64-byte-on-the-wire UDP frame (60 bytes without the FCS) for IPv4, 78 bytes for IPv6.
 pub fn udp_frame(v6: bool, dport: u16) -> Vec<u8> {
-    let mut p = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
     let payload = [0u8; 18];
     let mut l4 = Vec::new();
     l4.extend_from_slice(&40000u16.to_be_bytes());
@@ -34,22 +51,43 @@ pub fn udp_frame(v6: bool, dport: u16) -> Vec<u8> {
     l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     l4.extend_from_slice(&[0, 0]);
     l4.extend_from_slice(&payload);
+    ip_frame(v6, 17, &l4)
+}
+
+/// A TCP segment with 6 bytes of data of an open connection (flags ACK|PSH), 64 bytes on the
+/// wire for IPv4 (60 without the FCS), 80 bytes for IPv6.
+pub fn tcp_frame(v6: bool, dport: u16) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&40000u16.to_be_bytes());
+    l4.extend_from_slice(&dport.to_be_bytes());
+    l4.extend_from_slice(&1_000_000u32.to_be_bytes()); // seq
+    l4.extend_from_slice(&2_000_000u32.to_be_bytes()); // ack
+    l4.extend_from_slice(&[0x50, 0x18]); // 20-byte header; ACK|PSH
+    l4.extend_from_slice(&64240u16.to_be_bytes()); // window
+    l4.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+    l4.extend_from_slice(&[0u8; 6]);
+    ip_frame(v6, 6, &l4)
+}
+
+/// Ethernet and IP headers (the bench's client to its server) around the transport `l4`.
+fn ip_frame(v6: bool, proto: u8, l4: &[u8]) -> Vec<u8> {
+    let mut p = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1];
     if v6 {
         p.extend_from_slice(&0x86ddu16.to_be_bytes());
         p.extend_from_slice(&[0x60, 0, 0, 0]);
         p.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-        p.extend_from_slice(&[17, 64]);
+        p.extend_from_slice(&[proto, 64]);
         p.extend_from_slice(&CLIENT_V6);
         p.extend_from_slice(&SERVER_V6);
     } else {
         p.extend_from_slice(&0x0800u16.to_be_bytes());
         p.extend_from_slice(&[0x45, 0]);
         p.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-        p.extend_from_slice(&[0, 1, 0, 0, 64, 17, 0, 0]);
+        p.extend_from_slice(&[0, 1, 0, 0, 64, proto, 0, 0]);
         p.extend_from_slice(&CLIENT_V4);
         p.extend_from_slice(&SERVER_V4);
     }
-    p.extend_from_slice(&l4);
+    p.extend_from_slice(l4);
     p
 }
 
@@ -69,17 +107,22 @@ pub fn noop(ebpf: &mut Ebpf) -> &mut SchedClassifier {
     ebpf.program_mut("chaos_noop").unwrap().try_into().unwrap()
 }
 
-/// Average ns per run over `repeat` runs of `prog` on `packet`.
-fn ns_per_run(prog: &SchedClassifier, packet: &[u8], repeat: u32) -> f64 {
+/// Average ns per run over `repeat` runs of `prog` on `packet`, and the program's verdict.
+fn test_run(prog: &SchedClassifier, packet: &[u8], repeat: u32) -> (f64, u32) {
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(packet);
     opts.repeat = repeat;
     let r = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
-    r.duration.as_nanos() as f64
+    (r.duration.as_nanos() as f64, r.return_value)
+}
+
+fn ns_per_run(prog: &SchedClassifier, packet: &[u8], repeat: u32) -> f64 {
+    test_run(prog, packet, repeat).0
 }
 
 struct Case {
     v6: bool,
+    tcp: bool,
     rules: usize,
     prefixes: usize,
     shape: Shape,
@@ -115,6 +158,7 @@ pub fn run(ctx: &Ctx) -> Section {
             ] {
                 cases.push(Case {
                     v6,
+                    tcp: false,
                     rules,
                     prefixes,
                     shape,
@@ -126,37 +170,98 @@ pub fn run(ctx: &Ctx) -> Section {
             }
         }
     }
+    // The IPv4 rule of the "-conn" paths, as scale::rule_set_tcp writes it.
+    let conn_rule = format!("proto=tcp dport={HIT_PORT} dst=198.18.0.2/32 {CONN_FAULT}");
+    // A connection rule against the same rule as a plain one: one TCP packet of an open
+    // connection, at the rule's port and at another, IPv4 and IPv6, 1 rule and 1 prefix.
+    for v6 in [false, true] {
+        for (path, fault, dport) in [
+            ("hit-pass", Fault::Pass, HIT_PORT),
+            ("miss", Fault::Pass, MISS_PORT),
+            ("hit-drop", Fault::Drop, HIT_PORT),
+            ("hit-conn", Fault::Conn, HIT_PORT),
+            ("miss-conn", Fault::Conn, MISS_PORT),
+        ] {
+            cases.push(Case {
+                v6,
+                tcp: true,
+                rules: 1,
+                prefixes: 1,
+                shape: Shape::Hosts,
+                path,
+                fault,
+                dport,
+                samples: Vec::new(),
+            });
+        }
+    }
     let mut dp = Datapath::load().expect("load chaos's program (run as root)");
     let mut noop_obj = load_noop();
-    let frames: Vec<Vec<u8>> = cases.iter().map(|c| udp_frame(c.v6, c.dport)).collect();
+    let frames: Vec<Vec<u8>> = cases
+        .iter()
+        .map(|c| {
+            if c.tcp {
+                tcp_frame(c.v6, c.dport)
+            } else {
+                udp_frame(c.v6, c.dport)
+            }
+        })
+        .collect();
+    // The connection rule's counters over the last round's "hit-conn" runs.
+    let mut conn_counters = RuleCounters::default();
     // Cases sharing a rule set run back to back, so each set is written once per round.
     for round in 0..rounds {
-        let mut applied: Option<(bool, usize, usize, Shape, Fault)> = None;
+        let mut applied: Option<(bool, bool, usize, usize, Shape, Fault)> = None;
         for (case, frame) in cases.iter_mut().zip(&frames) {
-            let key = (case.v6, case.rules, case.prefixes, case.shape, case.fault);
+            let key = (
+                case.v6,
+                case.tcp,
+                case.rules,
+                case.prefixes,
+                case.shape,
+                case.fault,
+            );
             if applied != Some(key) {
-                dp.apply(&scale::rule_set_shaped(
-                    case.rules,
-                    case.prefixes,
-                    case.fault,
-                    case.v6,
-                    case.shape,
-                ))
-                .expect("write the rule set");
+                let set = if case.tcp {
+                    scale::rule_set_tcp(case.rules, case.prefixes, case.fault, case.v6)
+                } else {
+                    scale::rule_set_shaped(
+                        case.rules,
+                        case.prefixes,
+                        case.fault,
+                        case.v6,
+                        case.shape,
+                    )
+                };
+                dp.apply(&set).expect("write the rule set");
                 applied = Some(key);
+            }
+            if case.path == "hit-conn" {
+                dp.reset_counters(0).expect("reset rule 0's counters");
             }
             // Alternate which goes first, so a drift within the pair cancels over rounds.
             let prog = dp
                 .program(chaos_user::rule::Direction::Egress)
                 .expect("egress program");
-            let (p, n) = if round % 2 == 0 {
-                let p = ns_per_run(prog, frame, repeat);
+            let ((p, verdict), n) = if round % 2 == 0 {
+                let p = test_run(prog, frame, repeat);
                 (p, ns_per_run(noop(&mut noop_obj), frame, repeat))
             } else {
                 let n = ns_per_run(noop(&mut noop_obj), frame, repeat);
                 let prog = dp.program(chaos_user::rule::Direction::Egress).unwrap();
-                (ns_per_run(prog, frame, repeat), n)
+                (test_run(prog, frame, repeat), n)
             };
+            if case.path == "hit-conn" {
+                // The connection must be open and tracked: its packets pass, one entry made.
+                assert_eq!(verdict, PASSED, "{conn_rule}: an open connection's packet");
+                conn_counters = dp.counters_of(0).expect("rule 0's counters");
+                assert!(
+                    conn_counters.matched_pkts >= u64::from(repeat)
+                        && conn_counters.conns_seen <= 1
+                        && conn_counters.conn_dropped_pkts == 0,
+                    "{conn_rule}: not a connection-state hit: {conn_counters:?}"
+                );
+            }
             case.samples.push((p, n));
         }
         eprintln!("bench:   micro round {} of {rounds}", round + 1);
@@ -171,7 +276,8 @@ pub fn run(ctx: &Ctx) -> Section {
     let mut table = Table::new(
         "Median over rounds; Δ is the median of (program − no-op) within each round.",
         &[
-            "family", "rules", "prefixes", "kind", "path", "ns/pkt", "no-op ns", "Δ ns", "ratio",
+            "family", "proto", "rules", "prefixes", "kind", "path", "ns/pkt", "no-op ns", "Δ ns",
+            "ratio",
         ],
     );
     let mut json_cases = Vec::new();
@@ -186,12 +292,14 @@ pub fn run(ctx: &Ctx) -> Section {
         let (p, n, d) = summary(c);
         all_noop.extend(c.samples.iter().map(|s| s.1));
         let family = if c.v6 { "ipv6" } else { "ipv4" };
+        let proto = if c.tcp { "tcp" } else { "udp" };
         let kind = match c.shape {
             Shape::Hosts => "hosts",
             Shape::Nets => "networks",
         };
         table.row(vec![
             family.to_owned(),
+            proto.to_owned(),
             c.rules.to_string(),
             c.prefixes.to_string(),
             kind.to_owned(),
@@ -202,24 +310,42 @@ pub fn run(ctx: &Ctx) -> Section {
             f(p / n, 2),
         ]);
         json_cases.push(json!({
-            "family": family, "rules": c.rules, "prefixes": c.prefixes, "kind": kind, "path": c.path,
+            "family": family, "proto": proto, "rules": c.rules, "prefixes": c.prefixes,
+            "kind": kind, "path": c.path,
             "median_ns": p, "noop_median_ns": n, "delta_ns": d, "ratio": p / n,
             "rounds_ns": c.samples.iter().map(|s| s.0).collect::<Vec<_>>(),
         }));
     }
+    let case = |v6: bool, tcp: bool, rules: usize, prefixes: usize, shape: Shape, path: &str| {
+        cases
+            .iter()
+            .find(|c| {
+                c.v6 == v6
+                    && c.tcp == tcp
+                    && c.rules == rules
+                    && c.prefixes == prefixes
+                    && c.shape == shape
+                    && c.path == path
+            })
+            .expect("case")
+    };
     let find = |v6: bool, rules: usize, prefixes: usize, shape: Shape, path: &str| {
-        summary(
-            cases
-                .iter()
-                .find(|c| {
-                    c.v6 == v6
-                        && c.rules == rules
-                        && c.prefixes == prefixes
-                        && c.shape == shape
-                        && c.path == path
-                })
-                .expect("case"),
-        )
+        summary(case(v6, false, rules, prefixes, shape, path))
+    };
+    let find_tcp = |v6: bool, path: &str| summary(case(v6, true, 1, 1, Shape::Hosts, path));
+    // Per round, Δ of `path` minus Δ of `base` (both IPv4 TCP, 1 rule): the median.
+    let over = |path: &str, base: &str| {
+        let (a, b) = (
+            case(false, true, 1, 1, Shape::Hosts, path),
+            case(false, true, 1, 1, Shape::Hosts, base),
+        );
+        let d: Vec<f64> = a
+            .samples
+            .iter()
+            .zip(&b.samples)
+            .map(|(x, y)| (x.0 - x.1) - (y.0 - y.1))
+            .collect();
+        (median(&d), summary(a).2, summary(b).2)
     };
     let (_, _, hit_delta) = find(false, 1, 1, Shape::Hosts, "hit-pass");
     section.target(
@@ -243,11 +369,43 @@ pub fn run(ctx: &Ctx) -> Section {
             growth <= 0.20,
         );
     }
+    let (conn_hit, conn_hit_d, plain_hit_d) = over("hit-conn", "hit-pass");
+    let (_, _, plain_drop_d) = find_tcp(false, "hit-drop");
+    section.target(
+        "connection-state hit cost",
+        &format!("a connection-state hit within {CONN_HIT_BUDGET_NS:.0} ns of a plain hit"),
+        format!(
+            "{conn_hit:+.1} ns over the plain rule (Δ over no-op: connection rule \
+             {conn_hit_d:.1}, plain pass {plain_hit_d:.1}, plain drop {plain_drop_d:.1} ns; \
+             IPv4 TCP, 1 rule)"
+        ),
+        conn_hit <= CONN_HIT_BUDGET_NS,
+    );
+    let (conn_miss, conn_miss_d, plain_miss_d) = over("miss-conn", "miss");
+    section.target(
+        "no-match path with a connection rule",
+        &format!(
+            "a miss under a connection rule as under a plain rule, within \
+             {CONN_MISS_NOISE_NS:.0} ns (noise)"
+        ),
+        format!(
+            "{conn_miss:+.1} ns (Δ over no-op: {conn_miss_d:.1} under the connection rule, \
+             {plain_miss_d:.1} under the plain rule; IPv4 TCP, 1 rule)"
+        ),
+        conn_miss.abs() <= CONN_MISS_NOISE_NS,
+    );
     section.data = json!({
         "repeat": repeat,
         "rounds": rounds,
         "noop_ns": median(&all_noop),
         "program": { "xlated_insns": xlated, "jited_bytes": jited },
+        "conn": {
+            "rule": conn_rule,
+            "conn_hit_over_plain_ns": conn_hit,
+            "conn_miss_over_plain_ns": conn_miss,
+            "matched_pkts": conn_counters.matched_pkts,
+            "conns_seen": conn_counters.conns_seen,
+        },
         "cases": Value::Array(json_cases),
     });
     section.tables.push(table);
@@ -265,6 +423,19 @@ pub fn run(ctx: &Ctx) -> Section {
          than those, and its walk grows with the prefixes: 10,000 /30s in the trie measured \
          +161 % per packet over one).",
     );
+    section.note(format!(
+        "Connection rules: the TCP rows carry one 6-byte segment (ACK|PSH) of a connection, \
+         under `{conn_rule}` (IPv6: its own address; hit-conn at its port, miss-conn at \
+         another) and under the same rule as a plain one, `drop=0` and `drop=100%` (hit-pass, \
+         hit-drop, miss). A packet the connection rule matches leaves the matching program by \
+         tail call, finds its connection's entry in the connection table (an LRU hash of \
+         65,536 entries, as `chaos run` sizes it) and has its trigger checked: within the hour \
+         the connection stays open and the packet passes. \
+         Over the last round's hit-conn runs the rule matched {} packets and saw {} \
+         connection begin (the entry made by the first run; every later run found it). The \
+         targets compare IPv4 Δs taken in the same round.",
+        conn_counters.matched_pkts, conn_counters.conns_seen
+    ));
     section.note(
         "hit-drop returns the silent-drop redirect; under BPF_PROG_TEST_RUN the redirect is not \
          carried out. hit-delay includes the departure-time stamp and the flow-order map update.",

@@ -32,7 +32,13 @@ pub enum Fault {
     Drop,
     /// delay=10ms: the departure-time path runs (EDT stamp, flow order).
     Delay,
+    /// hang=yes after=1h: a connection rule (TCP or UDP only). Its packets go through the fault
+    /// program and the connection table; within the hour an open connection's packets pass.
+    Conn,
 }
+
+/// The faults of [`Fault::Conn`].
+pub const CONN_FAULT: &str = "hang=yes after=1h";
 
 /// What the destination prefixes are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +67,11 @@ pub fn rule_set_shaped(
     build(rules, prefixes, fault, v6, shape, "udp")
 }
 
+/// [`rule_set`] with rule 0 matching TCP (to `HIT_PORT`) instead of UDP.
+pub fn rule_set_tcp(rules: usize, prefixes: usize, fault: Fault, v6: bool) -> RuleSet {
+    build(rules, prefixes, fault, v6, Shape::Hosts, "tcp")
+}
+
 /// [`rule_set`] (IPv4 hosts, drop=0) with rule 0 taking TCP as well as UDP.
 pub fn rule_set_tcp_and_udp(rules: usize, prefixes: usize) -> RuleSet {
     build(rules, prefixes, Fault::Pass, false, Shape::Hosts, "any")
@@ -86,6 +97,7 @@ fn build(
         Fault::Pass => "drop=0",
         Fault::Drop => "drop=100%",
         Fault::Delay => "delay=10ms",
+        Fault::Conn => CONN_FAULT,
     };
     // The rules' own prefixes count towards the total; the rest are spread over the rules'
     // lists (rule 0's only when it is alone). Hosts from .17 (clear of the client and server);
