@@ -72,8 +72,7 @@ pub fn forward(
     ctx: &TcContext,
     flow: &Flow,
     key: &FlowKey,
-    action: &RuleAction,
-    index: u32,
+    (action, index): (&RuleAction, u32),
     dir: usize,
     now: u64,
     c: &mut RuleCounters,
@@ -119,7 +118,7 @@ pub fn forward(
             };
             // A full table forgets its least recently used flow; failing that, the packet
             // passes as if unchosen.
-            if CHAOS_CONNS.insert(key, &fresh, 0).is_err() {
+            if CHAOS_CONNS.insert(key, fresh, 0).is_err() {
                 return Conn::Pass;
             }
             match CHAOS_CONNS.get_ptr_mut(key) {
@@ -173,7 +172,7 @@ pub fn forward(
     let Some(keep) = keep else {
         return Conn::Faults { first };
     };
-    trigger(ctx, flow, &seg, e, action, dir, keep, c)
+    trigger(ctx, flow, &seg, (e, action), dir, keep, c)
 }
 
 /// What `after-bytes` makes of a packet.
@@ -250,13 +249,11 @@ fn after_bytes(
 
 /// Starts the hang or the reset at this packet, after passing its first `keep` payload bytes.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn trigger(
     ctx: &TcContext,
     flow: &Flow,
     seg: &Segment,
-    e: &mut ConnEntry,
-    action: &RuleAction,
+    (e, action): (&mut ConnEntry, &RuleAction),
     dir: usize,
     keep: u32,
     c: &mut RuleCounters,
@@ -405,7 +402,7 @@ pub fn reverse(
         return None;
     }
     let seg = Segment::read(ctx, flow)?;
-    match trigger(ctx, flow, &seg, e, action, dir, 0, c) {
+    match trigger(ctx, flow, &seg, (e, action), dir, 0, c) {
         Conn::Done(verdict) => Some(verdict),
         Conn::Pass | Conn::Faults { .. } => None,
     }

@@ -69,6 +69,6 @@ pub fn corrupt(ctx: &TcContext, flow: &Flow, action: &RuleAction) -> bool {
     }
     // SAFETY: plain helper calls.
     let (r1, r2) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
-    let offset = header + (u64::from(r1) * u64::from(payload) >> 32) as u32;
+    let offset = header + ((u64::from(r1) * u64::from(payload)) >> 32) as u32;
     craft::flip_bit(ctx, flow, offset, r2 & 7).is_some()
 }

@@ -107,16 +107,15 @@ fn try_conn_stage(ctx: &TcContext, dir: usize, what: u32) -> Option<i32> {
     let index = what.checked_sub(1)?;
     let action = CHAOS_ACTIONS.get(index)?;
     let c = counters(action)?;
-    // SAFETY: reading a field of the context the kernel handed us.
     c.matched_pkts += 1;
+    // SAFETY: reading a field of the context the kernel handed us.
     c.matched_segs += u64::from(unsafe { (*ctx.skb.skb).gso_segs }.max(1));
     c.matched_bytes += u64::from(ctx.len());
     let first = match conn::forward(
         ctx,
         &flow,
         &flow_key(&flow, false),
-        action,
-        index,
+        (action, index),
         dir,
         now,
         c,

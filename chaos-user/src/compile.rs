@@ -604,6 +604,48 @@ mod tests {
     }
 
     #[test]
+    fn connection_and_extended_fault_actions() {
+        let c = compile(&rules(&[
+            "dir=ingress proto=tcp dport=80 conn-p=30% reset=yes after-bytes=1000 max-conns=5",
+            "proto=udp hang=yes after=2s connect-delay=100ms",
+            "proto=tcp refuse=yes",
+            "duplicate=1% corrupt=2% loss=ge:1%/25%/10%",
+        ]))
+        .unwrap();
+        let [a, h, f, p] = [0, 1, 2, 3].map(|i| c.actions()[i]);
+        assert_eq!(a.flags, ACTION_F_CONN);
+        assert_eq!(a.conn_flags, CONN_F_RESET | CONN_F_AFTER_BYTES);
+        assert_eq!(
+            (a.conn_prob, a.after_bytes, a.max_conns),
+            (scale_probability(0.3), 1000, 5)
+        );
+        assert_eq!(
+            h.conn_flags,
+            CONN_F_HANG | CONN_F_AFTER_TIME | CONN_F_CONNECT_DELAY
+        );
+        assert_eq!(
+            (h.after_ns, h.connect_delay_ns),
+            (2_000_000_000, 100_000_000)
+        );
+        assert_eq!((h.conn_prob, h.max_conns), (PROB_ONE, 0));
+        assert_eq!(f.conn_flags, CONN_F_REFUSE);
+        assert_eq!(p.flags, ACTION_F_DUPLICATE | ACTION_F_CORRUPT | ACTION_F_GE);
+        assert_eq!(
+            p.ge,
+            [
+                scale_probability(0.01),
+                scale_probability(0.25),
+                scale_probability(0.9),
+                0
+            ]
+        );
+        // Hang and reset look connections up the other way too: an ingress rule on egress.
+        let s = c.settings();
+        assert_eq!(s.conn_reverse[DIR_EGRESS], 1);
+        assert_eq!(s.conn_reverse[DIR_INGRESS], 1, "the egress hang rule");
+    }
+
+    #[test]
     fn the_hash_map_takes_the_longest_lengths_that_fit_its_capacity() {
         let list: Vec<String> = (0..10u32)
             .map(|i| format!("198.18.0.{i}"))

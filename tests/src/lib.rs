@@ -668,7 +668,14 @@ impl ChaosProcess {
             stderr_lines: Vec::new(),
             later_stderr: Arc::default(),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Under the VM's emulation (TCG) the verifier runs many times slower: the stage
+        // programs of connection rules alone take it tens of seconds.
+        let within = if std::env::var_os(vm::IN_VM_VAR).is_some() {
+            Duration::from_secs(180)
+        } else {
+            Duration::from_secs(30)
+        };
+        let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
