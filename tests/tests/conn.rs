@@ -737,3 +737,158 @@ fn the_daemon_mixes_reset_with_drop_and_delete_restores() {
     );
     assert_eq!(d.stop().code, Some(0));
 }
+
+/// Three namespaces: client — router — server, on 198.18.1.0/24 and 198.18.2.0/24, removed
+/// with the value (also when a test panics).
+struct Routed {
+    client: String,
+    router: String,
+    server: String,
+}
+
+impl Routed {
+    fn new(tag: &str) -> Self {
+        let lab = Lab::new(tag);
+        // The lab's two namespaces serve as client and server; the router is a third.
+        let router = format!("{}-r", lab.a);
+        let me = Self {
+            client: lab.a.clone(),
+            router: router.clone(),
+            server: lab.b.clone(),
+        };
+        std::mem::forget(lab);
+        netlab::ip(&["netns", "add", &router]);
+        // The lab's own pair goes (deleting one end deletes both); a pair to each side comes.
+        netlab::ip(&["-n", &me.client, "link", "del", "veth0"]);
+        for (ns, peer) in [(&me.client, "to-client"), (&me.server, "to-server")] {
+            netlab::ip(&[
+                "-n", &router, "link", "add", peer, "type", "veth", "peer", "name", "veth0",
+                "netns", ns,
+            ]);
+        }
+        let run = |ns: &str, args: &[&str]| {
+            let mut all = vec!["-n", ns];
+            all.extend_from_slice(args);
+            netlab::ip(&all);
+        };
+        run(
+            &me.client,
+            &["addr", "add", "198.18.1.1/24", "dev", "veth0"],
+        );
+        run(
+            &me.server,
+            &["addr", "add", "198.18.2.1/24", "dev", "veth0"],
+        );
+        run(
+            &router,
+            &["addr", "add", "198.18.1.254/24", "dev", "to-client"],
+        );
+        run(
+            &router,
+            &["addr", "add", "198.18.2.254/24", "dev", "to-server"],
+        );
+        for (ns, links) in [
+            (&me.client, &["veth0", "lo"][..]),
+            (&me.server, &["veth0", "lo"][..]),
+            (&router, &["to-client", "to-server", "lo"][..]),
+        ] {
+            for l in links {
+                run(ns, &["link", "set", l, "up"]);
+            }
+        }
+        run(
+            &me.client,
+            &["route", "add", "default", "via", "198.18.1.254"],
+        );
+        run(
+            &me.server,
+            &["route", "add", "default", "via", "198.18.2.254"],
+        );
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &router,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ])
+            .output()
+            .expect("sysctl");
+        assert!(
+            out.status.success(),
+            "ip_forward: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        me
+    }
+}
+
+impl Drop for Routed {
+    fn drop(&mut self) {
+        for ns in [&self.client, &self.router, &self.server] {
+            Command::new("ip").args(["netns", "del", ns]).status().ok();
+        }
+    }
+}
+
+/// Forwarded traffic, and the netlink attachment: chaos on a router's interface towards the
+/// server resets the connections it forwards (both ends get ECONNRESET) and refuses those to
+/// another port, through a cls_bpf filter instead of a TCX link.
+#[test]
+fn forwarded_connections_are_reset_and_refused_on_a_router() {
+    let net = Routed::new("fwd");
+    let server: IpAddr = "198.18.2.1".parse().unwrap();
+    let served = tcp_server(
+        &net.server,
+        (server, 8080).into(),
+        1,
+        Duration::from_secs(5),
+    );
+    let _refused = tcp_server(
+        &net.server,
+        (server, 8081).into(),
+        1,
+        Duration::from_secs(1),
+    );
+    let c = ChaosProcess::start(&[
+        "--netns",
+        &net.router,
+        "--iface",
+        "to-server",
+        "--attach",
+        "netlink",
+        "--output",
+        "json",
+        "--rule",
+        "proto=tcp dport=8080 reset=yes after=500ms",
+        "--rule",
+        "proto=tcp dport=8081 refuse=yes",
+    ]);
+    let (err, _) = connect(&net.client, (server, 8081).into());
+    assert_eq!(
+        err,
+        Some(ErrorKind::ConnectionRefused),
+        "refused on the router"
+    );
+    let (err, at) = write_until_error(&net.client, (server, 8080).into(), Duration::from_secs(5));
+    assert!(
+        matches!(err, ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+        "client got {err:?}"
+    );
+    assert!(
+        (Duration::from_millis(400)..=Duration::from_millis(700)).contains(&at),
+        "reset at {at:?}"
+    );
+    let end = served
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server end");
+    assert_eq!(
+        end.end,
+        ErrorKind::ConnectionReset,
+        "the server too: {end:?}"
+    );
+    let reports = stop(c);
+    assert_eq!(field(&reports[0], "conns_reset"), 1, "{}", reports[0]);
+    assert_eq!(field(&reports[1], "conns_refused"), 1, "{}", reports[1]);
+}
