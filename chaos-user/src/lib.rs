@@ -24,6 +24,7 @@ pub mod report;
 pub mod rtnl;
 pub mod rule;
 pub mod ruleset;
+pub mod target;
 
 /// An error the user can fix by changing the command line or the environment: the CLI exits
 /// with status 2 for these, 1 for everything else.

@@ -64,3 +64,64 @@ pub fn if_index(name: &str) -> Option<u32> {
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (index != 0).then_some(index)
 }
+
+/// Moves the calling thread into the network namespace open as `file` (a workload's, from
+/// `crate::target`); as [`enter`], before any other thread starts.
+pub fn enter_file(file: &File, what: &str) -> Result<(), NetnsError> {
+    // SAFETY: a valid open fd; setns only changes this thread's namespace.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        let source = io::Error::last_os_error();
+        return Err(match source.raw_os_error() {
+            Some(libc::EPERM) => NetnsError::Permission(what.to_owned()),
+            _ => NetnsError::Io {
+                name: what.to_owned(),
+                source,
+            },
+        });
+    }
+    Ok(())
+}
+
+/// The interface of the current namespace's IPv4 default route (IPv6's if it has none): the
+/// one a workload talks to the world through (`eth0` in nearly every container).
+pub fn default_route_iface() -> io::Result<Option<String>> {
+    use netlink_packet_route::{
+        AddressFamily, RouteNetlinkMessage,
+        route::{RouteAttribute, RouteMessage},
+    };
+    let mut rtnl = crate::rtnl::Rtnl::open()?;
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut request = RouteMessage::default();
+        request.header.address_family = family;
+        let routes = rtnl.dump(RouteNetlinkMessage::GetRoute(request))?;
+        for message in routes {
+            let RouteNetlinkMessage::NewRoute(route) = message else {
+                continue;
+            };
+            if route.header.destination_prefix_length != 0 {
+                continue;
+            }
+            let oif = route.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(index) => Some(*index),
+                _ => None,
+            });
+            if let Some(name) = oif.and_then(if_name) {
+                return Ok(Some(name));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The name of interface `index` in the current namespace.
+fn if_name(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: a buffer of IF_NAMESIZE bytes, as if_indextoname wants.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    name.to_str().ok().map(str::to_owned)
+}

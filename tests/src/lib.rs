@@ -876,6 +876,8 @@ pub fn chaos_output(args: &[&str]) -> ChaosExit {
 
 /// Running tests on a second kernel: Debian's 6.12 (which has sch_fq, sch_netem, ifb) under
 /// qemu, booted from the host's own root filesystem by `vm/run-in-vm.sh`.
+pub mod podman;
+
 pub mod vm {
     use std::{path::PathBuf, process::Command};
 

@@ -17,7 +17,9 @@ use crate::{exec, require_root, step};
 /// test, `setpriv` and `unshare` for the missing-capability and API fuzzing tests, and Debian's
 /// own Python with `venv` for the fuzzer (schemathesis) the API test runs, `curl` against a
 /// real HTTP server in the connection-fault tests, and `ethtool` to turn checksum offload off
-/// where the receiver's kernel must verify a corrupted datagram's checksum.
+/// where the receiver's kernel must verify a corrupted datagram's checksum; podman, runc, the
+/// CNI plugins and busybox-static for the container-targeting tests (real containers, an image
+/// built from busybox with no registry).
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -26,6 +28,10 @@ const APT_PACKAGES: &[&str] = &[
     "python3-venv",
     "curl",
     "ethtool",
+    "podman",
+    "runc",
+    "containernetworking-plugins",
+    "busybox-static",
 ];
 /// The OpenAPI fuzzer `tests/tests/openapi.rs` drives the daemon's API with, from PyPI.
 const SCHEMATHESIS_VERSION: &str = "4.32.5";

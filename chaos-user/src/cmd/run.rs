@@ -20,6 +20,7 @@ use crate::{
     report::{RuleReport, json_lines, table},
     rule::{Direction, Rule},
     ruleset::{RuleOptions, RuleSet, RuleSetBuilder},
+    target::Target,
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -35,13 +36,21 @@ pub enum Output {
 #[derive(Debug, Args)]
 #[command(after_help = RULE_HELP)]
 pub struct RunArgs {
-    /// Interface to attach to, e.g. eth0 or veth0.
-    #[arg(long, value_name = "IFACE")]
-    pub iface: String,
+    /// Interface to attach to, e.g. eth0 or veth0. With --target, the default is the interface
+    /// of the workload's default route (eth0 in nearly every container).
+    #[arg(long, value_name = "IFACE", required_unless_present = "target")]
+    pub iface: Option<String>,
 
     /// Run inside this named network namespace (as `ip netns exec NAME`).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "target")]
     pub netns: Option<String>,
+
+    /// A workload to fault, in its own network namespace: container=ID-or-NAME (an ID prefix
+    /// is looked up in /proc/*/cgroup, a name through the Docker Engine API of docker or
+    /// podman: DOCKER_HOST, /run/docker.sock, /run/podman/podman.sock), pid=PID,
+    /// cgroup=DIR, or netns=FILE (/proc/PID/ns/net, /run/netns/NAME).
+    #[arg(long, value_name = "KIND=VALUE")]
+    pub target: Option<Target>,
 
     /// A fault rule; repeat for several. The first rule that matches a packet decides.
     #[arg(long = "rule", value_name = "RULE", required = true)]
@@ -163,7 +172,8 @@ fn plan(args: &RunArgs) -> Result<Plan, InputError> {
 pub fn run(args: RunArgs) -> Result<()> {
     let plan = plan(&args)?;
     let effective = caps::effective().context("reading capabilities")?;
-    if let Some(cap) = caps::missing_for_run(effective, args.netns.is_some()).first() {
+    let enters = args.netns.is_some() || args.target.is_some();
+    if let Some(cap) = caps::missing_for_run(effective, enters).first() {
         return Err(InputError(format!(
             "missing capability {} ({}); run as root or grant it",
             cap.name, cap.why
@@ -173,14 +183,31 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Some(name) = &args.netns {
         netns::enter(name).map_err(|e| InputError(e.to_string()))?;
     }
-    let Some(ifindex) = netns::if_index(&args.iface) else {
-        let place = args.netns.as_ref().map_or_else(
-            || "this network namespace".to_owned(),
-            |n| format!("network namespace '{n}'"),
-        );
-        return Err(InputError(format!("interface '{}' not found in {place}", args.iface)).into());
+    // The workload's namespace stays open (the file) for as long as chaos runs in it.
+    let workload = match &args.target {
+        Some(target) => {
+            let found = target.resolve().map_err(|e| InputError(e.to_string()))?;
+            netns::enter_file(&found.netns, &found.description)
+                .map_err(|e| InputError(e.to_string()))?;
+            Some(found)
+        }
+        None => None,
     };
-    host::check_link_type(&args.iface, ifindex).map_err(InputError)?;
+    let place = match (&args.netns, &workload) {
+        (Some(n), _) => format!("network namespace '{n}'"),
+        (None, Some(w)) => format!("the network namespace of {}", w.description),
+        (None, None) => "this network namespace".to_owned(),
+    };
+    let iface = match &args.iface {
+        Some(iface) => iface.clone(),
+        None => netns::default_route_iface()
+            .context("reading routes")?
+            .ok_or_else(|| InputError(format!("no default route in {place}: give --iface")))?,
+    };
+    let Some(ifindex) = netns::if_index(&iface) else {
+        return Err(InputError(format!("interface '{iface}' not found in {place}")).into());
+    };
+    host::check_link_type(&iface, ifindex).map_err(InputError)?;
 
     // Signal handlers before the kernel is touched: from here on Ctrl-C or SIGTERM is a clean
     // stop (noticed once set-up is done), never a kill halfway through it.
@@ -193,7 +220,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 
     // Maps sized to this rule set: it is known before loading and never changes.
     let capacity = Capacity::for_rule_set(&plan.set);
-    let mut injector = Injector::load(&args.iface, ifindex, capacity).map_err(load_error)?;
+    let mut injector = Injector::load(&iface, ifindex, capacity).map_err(load_error)?;
     // The lease before the attachment: it is how another chaos cleaning up tells this run's
     // netlink filter from a leftover (`crate::recover`).
     injector
@@ -209,13 +236,19 @@ pub fn run(args: RunArgs) -> Result<()> {
     injector
         .attach(&plan.directions, args.attach)
         .map_err(|e| InputError(first_line(&e.to_string()).to_owned()))?;
-    announce(&args, &plan.directions);
+    let place = match (&args.netns, &workload) {
+        (Some(n), _) => format!(" in netns {n}"),
+        (None, Some(w)) => format!(" in {}", w.description),
+        (None, None) => String::new(),
+    };
+    announce(&args, &iface, &place, &plan.directions);
 
     let live = args.output == Output::Text && std::io::stdout().is_terminal();
     let rules = plan.set.rules();
+    let gone = || workload.as_ref().is_some_and(|w| w.is_gone());
     let waited = runtime.block_on(wait(
         &mut injector,
-        args.lease,
+        (args.lease, &gone),
         rules,
         args.duration,
         live,
@@ -224,9 +257,25 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Detach before reporting, and even if waiting failed: the interface must be left clean.
     let closed = injector.close().context("detaching");
     let reports = reports(&injector, rules)?;
-    waited?;
+    // A workload that is gone took its interface with it: nothing was left to detach.
+    if waited? == Ended::Gone {
+        print_final(&reports, args.output)?;
+        let what = workload
+            .as_ref()
+            .map_or("the target", |w| w.description.as_str());
+        anyhow::bail!("{what} is gone (its process ended): stopped");
+    }
     closed?;
     print_final(&reports, args.output)
+}
+
+/// Why the wait ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// Ctrl-C, SIGTERM or the end of --duration.
+    Stopped,
+    /// The workload targeted is gone.
+    Gone,
 }
 
 /// A load failure as the user can act on it.
@@ -270,19 +319,14 @@ impl StopSignals {
     }
 }
 
-fn announce(args: &RunArgs, directions: &[Direction]) {
+fn announce(args: &RunArgs, iface: &str, place: &str, directions: &[Direction]) {
     let dirs: Vec<&str> = directions.iter().map(|d| d.as_str()).collect();
-    let netns = args
-        .netns
-        .as_ref()
-        .map_or(String::new(), |n| format!(" in netns {n}"));
     let until = args.duration.map_or("Ctrl-C".to_owned(), |d| {
         format!("{} or Ctrl-C", humantime::format_duration(d))
     });
     // Scripts and tests wait for this line: the rules are live once it is printed.
     eprintln!(
-        "chaos: injecting on {} ({}){netns}; stopping at {until}",
-        args.iface,
+        "chaos: injecting on {iface} ({}){place}; stopping at {until}",
         dirs.join(", ")
     );
 }
@@ -300,12 +344,12 @@ fn reports(injector: &Injector, rules: &[Rule]) -> Result<Vec<RuleReport>> {
 
 async fn wait(
     injector: &mut Injector,
-    lease: Duration,
+    (lease, gone): (Duration, &dyn Fn() -> bool),
     rules: &[Rule],
     duration: Option<Duration>,
     live: bool,
     stop: &mut StopSignals,
-) -> Result<()> {
+) -> Result<Ended> {
     let deadline = async {
         match duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -316,12 +360,21 @@ async fn wait(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut renew = tokio::time::interval(lease / 3);
     let mut drawn_lines = 0;
+    let mut ended = Ended::Stopped;
     loop {
         tokio::select! {
             _ = stop.interrupt.recv() => break,
             _ = stop.terminate.recv() => break,
             () = &mut deadline => break,
-            _ = renew.tick() => injector.renew_lease(lease).context("renewing the lease")?,
+            _ = renew.tick() => {
+                // Looked at as often as the lease is renewed: a stopped container is noticed
+                // within a third of the lease.
+                if gone() {
+                    ended = Ended::Gone;
+                    break;
+                }
+                injector.renew_lease(lease).context("renewing the lease")?;
+            }
             _ = tick.tick(), if live => {
                 let text = table(&reports(injector, rules)?);
                 drawn_lines = redraw(&text, drawn_lines)?;
@@ -332,7 +385,7 @@ async fn wait(
         // Leave the last live frame for the final table to replace.
         redraw("", drawn_lines)?;
     }
-    Ok(())
+    Ok(ended)
 }
 
 /// Replaces the previous frame of `previous_lines` lines with `text`.
@@ -364,8 +417,9 @@ mod tests {
 
     fn args(rules: &[&str]) -> RunArgs {
         RunArgs {
-            iface: "lo".into(),
+            iface: Some("lo".into()),
             netns: None,
+            target: None,
             rules: rules.iter().map(|r| (*r).to_owned()).collect(),
             duration: None,
             output: Output::Text,

@@ -1,0 +1,366 @@
+//! Workloads as targets: a container, a process, a cgroup or a namespace file, resolved to the
+//! network namespace chaos enters and the interface it attaches to there.
+//!
+//! Resolution needs no runtime first: a container ID is found in `/proc/*/cgroup`, where
+//! Docker, podman, containerd and CRI-O all put it. A container *name* is asked of the Docker
+//! Engine API, which dockerd and podman's service both speak.
+
+use std::{
+    fmt,
+    fs::{self, File},
+    io::{self, Read as _, Write as _},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use thiserror::Error;
+
+/// What a user names with `--target KIND=VALUE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A network namespace file: `/proc/PID/ns/net`, `/run/netns/NAME`.
+    Netns(PathBuf),
+    /// The network namespace of a process.
+    Pid(u32),
+    /// The network namespace of the processes of a cgroup (v1 or v2 directory).
+    Cgroup(PathBuf),
+    /// A container by ID (or a unique prefix of at least 6 hex digits), or by name.
+    Container(String),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Netns(p) => write!(f, "netns={}", p.display()),
+            Self::Pid(p) => write!(f, "pid={p}"),
+            Self::Cgroup(p) => write!(f, "cgroup={}", p.display()),
+            Self::Container(c) => write!(f, "container={c}"),
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TargetError {
+    #[error("--target {0}: expected KIND=VALUE with KIND one of container, pid, cgroup, netns")]
+    Syntax(String),
+    #[error(
+        "--target {0}: pods are not supported yet (target the pod's container, or pid= of one of its processes)"
+    )]
+    Pods(String),
+    #[error("--target pid={0}: expected a process ID")]
+    BadPid(String),
+    #[error("{target}: {reason}")]
+    Unresolved { target: String, reason: String },
+}
+
+impl FromStr for Target {
+    type Err = TargetError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (kind, value) = text
+            .split_once('=')
+            .filter(|(_, v)| !v.is_empty())
+            .ok_or_else(|| TargetError::Syntax(text.to_owned()))?;
+        match kind {
+            "netns" => Ok(Self::Netns(value.into())),
+            "pid" => match value.parse::<u32>() {
+                Ok(pid) if pid > 0 => Ok(Self::Pid(pid)),
+                _ => Err(TargetError::BadPid(value.to_owned())),
+            },
+            "cgroup" => Ok(Self::Cgroup(value.into())),
+            "container" => Ok(Self::Container(value.to_owned())),
+            "pod" | "pods" => Err(TargetError::Pods(text.to_owned())),
+            _ => Err(TargetError::Syntax(text.to_owned())),
+        }
+    }
+}
+
+/// A target found: its namespace, held open, and what to call it in messages.
+#[derive(Debug)]
+pub struct Resolved {
+    pub netns: File,
+    pub netns_path: PathBuf,
+    /// E.g. `container 3f2a9c1b7e0d (pid 4242)`.
+    pub description: String,
+    /// The process the namespace was found through (none for `netns=`).
+    pub pid: Option<u32>,
+}
+
+impl Resolved {
+    /// Whether the workload is gone: its process ended, or is no longer in the namespace held
+    /// open (a PID used again). A `netns=` target is never gone while chaos holds it.
+    pub fn is_gone(&self) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let Some(pid) = self.pid else {
+            return false;
+        };
+        let Ok(held) = self.netns.metadata() else {
+            return false;
+        };
+        match fs::metadata(proc_netns(pid)) {
+            Ok(now) => (now.dev(), now.ino()) != (held.dev(), held.ino()),
+            Err(_) => true,
+        }
+    }
+}
+
+impl Target {
+    /// Finds the target's network namespace and opens it.
+    pub fn resolve(&self) -> Result<Resolved, TargetError> {
+        let fail = |reason: String| TargetError::Unresolved {
+            target: self.to_string(),
+            reason,
+        };
+        let (pid, description) = match self {
+            Self::Netns(path) => (None, format!("netns {}", path.display())),
+            Self::Pid(pid) => (Some(*pid), format!("pid {pid}")),
+            Self::Cgroup(dir) => {
+                let pid = cgroup_pid(dir).map_err(fail)?;
+                (Some(pid), format!("cgroup {} (pid {pid})", dir.display()))
+            }
+            Self::Container(key) => {
+                let (id, pid) = container_pid(key).map_err(fail)?;
+                (Some(pid), format!("container {} (pid {pid})", short(&id)))
+            }
+        };
+        let path = match (self, pid) {
+            (Self::Netns(path), _) => path.clone(),
+            (_, Some(pid)) => proc_netns(pid),
+            (_, None) => unreachable!("every target but netns= has a process"),
+        };
+        let netns = File::open(&path).map_err(|e| match (e.kind(), pid) {
+            (io::ErrorKind::NotFound, Some(pid)) => {
+                fail(format!("no process {pid} (it may have ended)"))
+            }
+            _ => fail(format!("{}: {e}", path.display())),
+        })?;
+        Ok(Resolved {
+            netns,
+            netns_path: path,
+            description,
+            pid,
+        })
+    }
+}
+
+fn proc_netns(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/ns/net"))
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// A process of the cgroup at `dir` (its lowest PID: the workload's first process).
+fn cgroup_pid(dir: &Path) -> Result<u32, String> {
+    let procs = dir.join("cgroup.procs");
+    let text = fs::read_to_string(&procs).map_err(|e| format!("{}: {e}", procs.display()))?;
+    text.lines()
+        .filter_map(|l| l.trim().parse::<u32>().ok())
+        .min()
+        .ok_or_else(|| format!("no process in {}", dir.display()))
+}
+
+/// The container whose ID starts with `key` (found in `/proc/*/cgroup`), else the one the
+/// Docker Engine API knows by that name: its full ID and a process of it.
+fn container_pid(key: &str) -> Result<(String, u32), String> {
+    let hex = key.len() >= 6 && key.bytes().all(|b| b.is_ascii_hexdigit());
+    if hex {
+        let found = containers_by_id_prefix(&key.to_ascii_lowercase());
+        match found.len() {
+            0 => {}
+            1 => return Ok(found.into_iter().next().unwrap()),
+            n => {
+                let ids: Vec<&str> = found.iter().map(|(id, _)| short(id)).collect();
+                return Err(format!(
+                    "{n} containers have IDs starting with {key}: {}",
+                    ids.join(", ")
+                ));
+            }
+        }
+    }
+    container_by_name(key).map_err(|api| {
+        if hex {
+            format!("no running container's cgroup names an ID starting with {key}, and {api}")
+        } else {
+            api
+        }
+    })
+}
+
+/// Containers whose 64-hex-digit ID (in a path component of a process's cgroup, as every
+/// runtime writes it: `docker/<id>`, `libpod-<id>`, `cri-containerd-<id>.scope`, `<id>`)
+/// starts with `prefix`, each with its lowest PID.
+fn containers_by_id_prefix(prefix: &str) -> Vec<(String, u32)> {
+    let mut found: Vec<(String, u32)> = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process may end while we look: skip what cannot be read.
+        let Ok(text) = fs::read_to_string(entry.path().join("cgroup")) else {
+            continue;
+        };
+        let Some(id) = container_id_in(&text, prefix) else {
+            continue;
+        };
+        match found.iter_mut().find(|(known, _)| *known == id) {
+            Some((_, lowest)) => *lowest = (*lowest).min(pid),
+            None => found.push((id, pid)),
+        }
+    }
+    found
+}
+
+/// The first 64-hex-digit run in a `/proc/PID/cgroup` text that starts with `prefix`.
+fn container_id_in(cgroup: &str, prefix: &str) -> Option<String> {
+    for line in cgroup.lines() {
+        let path = line.splitn(3, ':').nth(2).unwrap_or_default();
+        for part in path.split(['/', '-', '.']) {
+            if part.len() == 64
+                && part.bytes().all(|b| b.is_ascii_hexdigit())
+                && part.starts_with(prefix)
+            {
+                return Some(part.to_owned());
+            }
+        }
+    }
+    None
+}
+
+/// The sockets the Docker Engine API is asked on, in order.
+fn engine_sockets() -> Vec<PathBuf> {
+    match std::env::var("DOCKER_HOST") {
+        Ok(host) => vec![PathBuf::from(host.strip_prefix("unix://").unwrap_or(&host))],
+        Err(_) => vec![
+            PathBuf::from("/run/docker.sock"),
+            PathBuf::from("/run/podman/podman.sock"),
+        ],
+    }
+}
+
+/// `GET /containers/NAME/json` on each Engine API socket in turn: the container's ID and PID.
+fn container_by_name(name: &str) -> Result<(String, u32), String> {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    {
+        return Err(format!("'{name}' is not a container name or ID"));
+    }
+    let sockets = engine_sockets();
+    let mut tried = Vec::new();
+    for socket in &sockets {
+        match engine_get(socket, &format!("/containers/{name}/json")) {
+            Ok((200, body)) => {
+                let v: serde_json::Value = serde_json::from_str(&body)
+                    .map_err(|e| format!("{}: bad answer: {e}", socket.display()))?;
+                let pid = v["State"]["Pid"].as_u64().unwrap_or(0) as u32;
+                let id = v["Id"].as_str().unwrap_or(name).to_owned();
+                if pid == 0 {
+                    return Err(format!("container {name} is not running"));
+                }
+                return Ok((id, pid));
+            }
+            Ok((404, _)) => {
+                return Err(format!("no container named {name} ({})", socket.display()));
+            }
+            Ok((status, _)) => tried.push(format!("{} (HTTP {status})", socket.display())),
+            Err(e) => tried.push(format!("{} ({e})", socket.display())),
+        }
+    }
+    Err(format!(
+        "no Docker Engine API answered to look up the name: tried {}; set DOCKER_HOST",
+        tried.join(", ")
+    ))
+}
+
+/// One HTTP/1.0 GET on a unix socket: the status and the body. HTTP/1.0 makes the server close
+/// the connection after its answer, so the body is everything after the headers.
+fn engine_get(socket: &Path, path: &str) -> io::Result<(u16, String)> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n")?;
+    let mut answer = Vec::new();
+    stream.take(16 << 20).read_to_end(&mut answer)?;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP header"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP status"))?;
+    Ok((status, body.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_and_refuse_by_name() {
+        assert_eq!("pid=42".parse(), Ok(Target::Pid(42)));
+        assert_eq!(
+            "container=redis".parse(),
+            Ok(Target::Container("redis".into()))
+        );
+        assert_eq!(
+            "netns=/proc/1/ns/net".parse(),
+            Ok(Target::Netns("/proc/1/ns/net".into()))
+        );
+        let cases = [
+            (
+                "redis",
+                "--target redis: expected KIND=VALUE with KIND one of container, pid, cgroup, netns",
+            ),
+            ("pid=0", "--target pid=0: expected a process ID"),
+            ("pid=x", "--target pid=x: expected a process ID"),
+            (
+                "vm=1",
+                "--target vm=1: expected KIND=VALUE with KIND one of container, pid, cgroup, netns",
+            ),
+            (
+                "container=",
+                "--target container=: expected KIND=VALUE with KIND one of container, pid, cgroup, netns",
+            ),
+            (
+                "pod=shop/cart",
+                "--target pod=shop/cart: pods are not supported yet (target the pod's container, or pid= of one of its processes)",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                text.parse::<Target>().unwrap_err().to_string(),
+                want,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn container_ids_are_found_in_every_runtimes_cgroup_layout() {
+        let id = "3f2a9c1b7e0d".to_owned() + &"a".repeat(52);
+        for path in [
+            format!("0::/libpod_parent/libpod-{id}"),
+            format!("12:memory:/docker/{id}"),
+            format!("0::/system.slice/cri-containerd-{id}.scope"),
+            format!("0::/k8s.io/{id}"),
+            format!("0::/kubepods/besteffort/pod1234/{id}"),
+        ] {
+            assert_eq!(container_id_in(&path, "3f2a9c"), Some(id.clone()), "{path}");
+        }
+        assert_eq!(container_id_in(&format!("0::/docker/{id}"), "3f2a9d"), None);
+        assert_eq!(container_id_in("0::/user.slice", "3f2a9c"), None);
+    }
+}

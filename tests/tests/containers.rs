@@ -1,0 +1,177 @@
+//! Workloads as targets, with real containers: podman (runc, cgroupfs, netavark) on a network
+//! inside 198.18.0.0/15, an image from busybox-static, clients outside the containers (this
+//! test process, in the host's namespace). Run as root through `cargo xtask test`.
+
+use std::{
+    io::ErrorKind,
+    net::{SocketAddr, TcpStream},
+    process::Command,
+    time::Duration,
+};
+
+use netlab::{ChaosProcess, READY, assert_binomial, chaos_bin, heavy_traffic, podman::Podman};
+use serde_json::Value;
+
+/// `connect()` from the host to `ip:port`: the error kind, or None when it connected.
+fn connect(ip: &str, port: u16) -> Option<ErrorKind> {
+    let dst: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    TcpStream::connect_timeout(&dst, Duration::from_secs(3))
+        .err()
+        .map(|e| e.kind())
+}
+
+/// `chaos run --target TARGET` with `rules`, DOCKER_HOST pointing at `api` when given.
+fn chaos(target: &str, rules: &[&str], api: Option<&std::path::Path>) -> ChaosProcess {
+    let mut command = Command::new(chaos_bin());
+    command.args(["run", "--target", target, "--output", "json"]);
+    for r in rules {
+        command.args(["--rule", r]);
+    }
+    if let Some(socket) = api {
+        command.env("DOCKER_HOST", format!("unix://{}", socket.display()));
+    }
+    ChaosProcess::spawn_command(command, READY)
+}
+
+/// The cgroup directory of a process: its v2 path under the unified hierarchy (mounted at
+/// /sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid host).
+fn cgroup_dir(pid: u32) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line");
+    for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+        let dir = format!("{root}{path}");
+        if std::path::Path::new(&dir).join("cgroup.procs").exists() {
+            return dir;
+        }
+    }
+    panic!("no cgroup directory for {path}");
+}
+
+/// Every way to name a container finds it (ID prefix, name through podman's Docker API, PID,
+/// cgroup, namespace file), attaches to its eth0 (its default route's interface), refuses
+/// connections to it from outside while a second container is untouched, and leaves nothing
+/// once stopped.
+#[test]
+fn a_container_by_id_name_pid_cgroup_and_netns_file() {
+    let mut podman = Podman::new("tgt");
+    let me = std::process::id();
+    let a = podman.run(&format!("chaos-a-{me}"));
+    let b = podman.run(&format!("chaos-b-{me}"));
+    let api = podman.api();
+    assert_eq!(
+        connect(&a.ip, 8080),
+        None,
+        "the container serves before chaos"
+    );
+    for target in [
+        format!("container={}", &a.id[..12]),
+        format!("container={}", a.name),
+        format!("pid={}", a.pid),
+        format!("cgroup={}", cgroup_dir(a.pid)),
+        format!("netns=/proc/{}/ns/net", a.pid),
+    ] {
+        let c = chaos(
+            &target,
+            &["dir=ingress proto=tcp dport=8080 refuse=yes"],
+            Some(&api),
+        );
+        let ready = c.stderr_lines.last().cloned().unwrap_or_default();
+        assert!(ready.contains("injecting on eth0"), "{target}: {ready}");
+        assert_eq!(
+            connect(&a.ip, 8080),
+            Some(ErrorKind::ConnectionRefused),
+            "{target}: refused by chaos"
+        );
+        assert_eq!(connect(&b.ip, 8080), None, "{target}: the other container");
+        let exit = c.stop(libc::SIGINT);
+        assert_eq!(exit.code, Some(0), "{target}: {}", exit.stderr);
+        let report = &exit.json()[0];
+        assert_eq!(report["conns_refused"], 1, "{target}: {report}");
+        assert_eq!(connect(&a.ip, 8080), None, "{target}: restored after");
+    }
+}
+
+/// Loss measured by a client outside the container: 2,000 pings from the host, the replies
+/// dropped at 30 % on the container's egress, within 4σ; the second container loses none.
+#[test]
+fn loss_on_a_container_measured_from_outside() {
+    let _traffic = heavy_traffic();
+    let podman = Podman::new("loss");
+    let me = std::process::id();
+    let a = podman.run(&format!("chaos-la-{me}"));
+    let b = podman.run(&format!("chaos-lb-{me}"));
+    let c = chaos(
+        &format!("container={}", &a.id[..12]),
+        &["proto=any drop=30%"],
+        None,
+    );
+    let received = |ip: &str| {
+        let out = Command::new("ping")
+            .args(["-c", "2000", "-i", "0.002", "-W", "1", "-q", ip])
+            .output()
+            .expect("ping");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split(", ")
+            .find_map(|p| p.strip_suffix(" received"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("ping said: {text}"))
+    };
+    let (got_a, got_b) = (received(&a.ip), received(&b.ip));
+    let exit = c.stop(libc::SIGINT);
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    assert_binomial("drop=30% on a container", 2000 - got_a, 2000, 0.3);
+    assert_eq!(got_b, 2000, "the other container loses nothing");
+    let report: &Value = &exit.json()[0];
+    assert_eq!(report["dropped_packets"], 2000 - got_a, "{report}");
+}
+
+/// A container stopped mid-experiment: chaos notices, reports the target gone, prints its
+/// counters and exits, leaving nothing behind.
+#[test]
+fn a_stopped_container_ends_the_run_and_leaves_nothing() {
+    let podman = Podman::new("gone");
+    let a = podman.run(&format!("chaos-g-{}", std::process::id()));
+    let c = chaos(
+        &format!("pid={}", a.pid),
+        &["proto=tcp dport=8080 drop=100%"],
+        None,
+    );
+    podman.remove(&a);
+    let exit = c.wait(Duration::from_secs(10));
+    assert_eq!(exit.code, Some(1), "{}", exit.stderr);
+    assert!(
+        exit.stderr.contains(&format!(
+            "pid {} is gone (its process ended): stopped",
+            a.pid
+        )),
+        "{}",
+        exit.stderr
+    );
+    assert_eq!(exit.json().len(), 1, "the counters are still reported");
+}
+
+/// Targets that cannot be resolved are refused with exit status 2 and a reason, before
+/// anything is attached.
+#[test]
+fn unresolvable_targets_are_refused_by_name() {
+    let cases = [
+        (
+            "pid=999999999",
+            "pid=999999999: no process 999999999 (it may have ended)",
+        ),
+        (
+            "container=0123456789abcdef",
+            "no running container's cgroup names an ID starting with 0123456789abcdef",
+        ),
+        ("pod=shop/cart", "pods are not supported yet"),
+        ("cgroup=/nonexistent", "/nonexistent/cgroup.procs"),
+    ];
+    for (target, want) in cases {
+        let exit = netlab::chaos_output(&["run", "--target", target, "--rule", "drop=1%"]);
+        assert_eq!(exit.code, Some(2), "{target}: {}", exit.stderr);
+        assert!(exit.stderr.contains(want), "{target}: {}", exit.stderr);
+    }
+}
