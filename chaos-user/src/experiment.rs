@@ -28,11 +28,17 @@ pub const MAX_NAME_LEN: usize = 63;
 pub struct ExperimentSpec {
     /// Lower-case letters, digits and '-', 1-63 characters.
     pub name: String,
-    /// Interface the faults apply on.
+    /// Interface the faults apply on. With `target`, empty means the interface of the
+    /// workload's default route.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub iface: String,
     /// Named network namespace of the interface (as `ip netns`); the daemon's own when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
+    /// A workload instead of a namespace: `container=ID-or-NAME`, `pid=PID`, `cgroup=DIR` or
+    /// `netns=FILE`, as `chaos run --target`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     /// Rules in `chaos run`'s language; the first that matches a packet decides.
     pub rules: Vec<String>,
     /// How long the faults last once started, e.g. "5m"; until deleted when absent.
@@ -106,7 +112,21 @@ impl TryFrom<ExperimentSpec> for Experiment {
 
     fn try_from(spec: ExperimentSpec) -> Result<Self, Self::Error> {
         validate_name(&spec.name)?;
-        if spec.iface.is_empty() || spec.iface.len() > 15 || spec.iface.contains('/') {
+        if let Some(target) = &spec.target {
+            target
+                .parse::<crate::target::Target>()
+                .map_err(|e| ExperimentError::new("target", e.to_string()))?;
+            if spec.netns.is_some() {
+                return Err(ExperimentError::new(
+                    "netns",
+                    "give netns or target, not both: a target names its own namespace",
+                ));
+            }
+        }
+        let iface_optional = spec.target.is_some() && spec.iface.is_empty();
+        if !iface_optional
+            && (spec.iface.is_empty() || spec.iface.len() > 15 || spec.iface.contains('/'))
+        {
             return Err(ExperimentError::new(
                 "iface",
                 "not an interface name (1-15 characters, no '/')",
@@ -221,6 +241,7 @@ mod tests {
             name: name.into(),
             iface: "eth0".into(),
             netns: None,
+            target: None,
             rules: rules.iter().map(|r| (*r).to_owned()).collect(),
             duration: None,
             start_delay: None,

@@ -126,6 +126,7 @@ fn refuse_fails_connect_at_once_and_spares_other_ports() {
         let rule = format!("dir={dir} proto=tcp dport=8080 refuse=yes");
         let c = chaos(ns, &[&rule]);
         let (err, took) = connect(&lab.a, (ip, 8080).into());
+        eprintln!("{tag}: {rule}: connect() refused after {took:?}");
         assert_eq!(err, Some(ErrorKind::ConnectionRefused), "{tag}: {rule}");
         assert!(
             took < Duration::from_millis(50),
@@ -170,6 +171,7 @@ fn reset_aborts_both_ends_after_one_second() {
         let rule = format!("dir={dir} proto=tcp dport=8080 reset=yes after=1s");
         let c = chaos(ns, &[&rule]);
         let (err, at) = write_until_error(&lab.a, (ip, 8080).into(), Duration::from_secs(5));
+        eprintln!("{tag}: {rule}: the client's write failed with {err:?} {at:?} in");
         assert!(
             matches!(err, ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
             "{tag}: client got {err:?}"
@@ -303,6 +305,7 @@ fn conn_p_chooses_a_share_of_connections() {
         }
         refused
     });
+    eprintln!("conn-p=30%: {refused} of {CONNS} connections refused");
     assert_binomial("conn-p=30%", refused, CONNS, 0.3);
     let report = &stop(c)[0];
     assert_eq!(field(report, "conns_seen"), CONNS, "{report}");
@@ -350,6 +353,7 @@ fn conn_p_faults_each_udp_flow_wholly_or_not_at_all() {
         .collect();
     assert!(partial.is_empty(), "flows faulted in part: {partial:?}");
     let lost_flows = per_flow.iter().filter(|n| **n == 0).count() as u64;
+    eprintln!("conn-p=30% drop=100%: {lost_flows} of {FLOWS} UDP flows lost whole, none in part");
     assert_binomial("conn-p=30% of UDP flows", lost_flows, FLOWS, 0.3);
     let report = &stop(c)[0];
     assert_eq!(field(report, "conns_seen"), FLOWS, "{report}");
@@ -402,6 +406,7 @@ fn duplicate_at_the_receiver() {
         );
         assert_eq!(got.distinct, N, "{tag}: nothing lost");
         let copies = got.arrivals.len() as u64 - got.distinct;
+        eprintln!("{tag}: duplicate=10%: {copies} copies of {N} datagrams");
         assert_binomial(tag, copies, N, 0.1);
         let report = &stop(c)[0];
         assert_eq!(field(report, "duplicated_packets"), copies, "{report}");
@@ -482,6 +487,9 @@ fn corrupt_flips_one_bit_and_the_checksum_still_verifies() {
             "{tag}: at most one bit flipped"
         );
         let corrupted = flips.iter().filter(|b| **b == 1).count() as u64;
+        eprintln!(
+            "{tag}: corrupt=10%: {corrupted} of {N} datagrams with one bit flipped, all checksums verified"
+        );
         assert_binomial(tag, corrupted, N, 0.1);
         let report = &stop(c)[0];
         assert_eq!(field(report, "corrupted_packets"), corrupted, "{report}");
@@ -531,6 +539,11 @@ fn gilbert_elliott_loss_share_and_burst_length() {
     assert_eq!(N - got.0, lost, "the receiver's losses are the rule's");
     let share = lost as f64 / N as f64;
     let pi = p / (p + r);
+    eprintln!(
+        "loss=ge:2%/25%: {lost} of {N} lost ({:.2} %, model {:.2} %)",
+        share * 100.0,
+        pi * 100.0
+    );
     let lambda = 1.0 - p - r;
     let sigma = (pi * (1.0 - pi) / N as f64 * (1.0 + lambda) / (1.0 - lambda)).sqrt();
     assert!(
@@ -574,6 +587,11 @@ fn gilbert_elliott_bursts_at_the_receiver() {
     let mean = bursts.iter().sum::<u64>() as f64 / b;
     // Geometric bursts: mean 1/r, variance (1-r)/r².
     let sigma = ((1.0 - r) / (r * r) / b).sqrt();
+    eprintln!(
+        "loss=ge:2%/25%: {} bursts, mean {mean:.2} datagrams (model {:.2})",
+        bursts.len(),
+        1.0 / r
+    );
     assert!(
         bursts.len() > 200,
         "too few bursts to judge: {}",

@@ -175,3 +175,57 @@ fn unresolvable_targets_are_refused_by_name() {
         assert!(exit.stderr.contains(want), "{target}: {}", exit.stderr);
     }
 }
+
+/// The daemon takes the same target: an experiment on a container refuses connections to it
+/// from outside; once the container is removed, the experiment shows failed with the target
+/// gone, the rest of the daemon goes on, and deleting it works.
+#[test]
+fn the_daemon_targets_a_container_and_reports_it_gone() {
+    let podman = Podman::new("dmn");
+    let a = podman.run(&format!("chaos-d-{}", std::process::id()));
+    let d = netlab::Daemon::start(&[]);
+    let target = format!("container={}", &a.id[..12]);
+    let apply = d.ctl(&[
+        "apply",
+        "--name",
+        "boxed",
+        "--target",
+        &target,
+        "--rule",
+        "dir=ingress proto=tcp dport=8080 refuse=yes",
+    ]);
+    assert_eq!(apply.code, Some(0), "{}", apply.stderr);
+    assert_eq!(connect(&a.ip, 8080), Some(ErrorKind::ConnectionRefused));
+    let get = |d: &netlab::Daemon| {
+        let out = d.ctl(&["get", "boxed", "--output", "json"]);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        serde_json::from_str::<Value>(&out.stdout).expect("JSON")
+    };
+    let view = get(&d);
+    assert_eq!(view["phase"], "active", "{view}");
+    assert_eq!(view["target"], target.as_str(), "{view}");
+    assert_eq!(view["counters"][0]["conns_refused"], 1, "{view}");
+    podman.remove(&a);
+    // The worker looks every third of the lease (3 s by default).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let view = loop {
+        let view = get(&d);
+        if view["phase"] == "failed" || std::time::Instant::now() > deadline {
+            break view;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(view["phase"], "failed", "{view}");
+    let reason = view["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("target gone"), "{view}");
+    let status = d.ctl(&["status"]);
+    assert_eq!(
+        status.code,
+        Some(0),
+        "the rest of the daemon answers: {}",
+        status.stderr
+    );
+    let delete = d.ctl(&["delete", "boxed"]);
+    assert_eq!(delete.code, Some(0), "{}", delete.stderr);
+    assert_eq!(d.stop().code, Some(0));
+}

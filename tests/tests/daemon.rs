@@ -474,14 +474,22 @@ fn openapi_document_matches_the_server() {
         assert!(documented.contains_key(field), "{field} is not documented");
         full[field] = value;
     }
+    // A target names its own namespace: it goes in an experiment of its own, without netns.
+    let mut targeted = body.clone();
+    targeted["name"] = json!("doc-target");
+    targeted.as_object_mut().unwrap().remove("netns");
+    targeted["target"] = json!(format!("netns=/run/netns/{}", lab.a));
     for field in documented.keys() {
         assert!(
-            full.get(field).is_some(),
+            full.get(field).is_some() || targeted.get(field).is_some(),
             "documented {field} not exercised"
         );
     }
     call(&d, Method::POST, "/v1/experiments", Some(full)).unwrap();
     call(&d, Method::DELETE, "/v1/experiments/doc-full", None).unwrap();
+    let view = call(&d, Method::POST, "/v1/experiments", Some(targeted)).unwrap();
+    assert_eq!(view["phase"], "active", "{view}");
+    call(&d, Method::DELETE, "/v1/experiments/doc-target", None).unwrap();
     let view_schema = &doc["components"]["schemas"]["ExperimentView"];
     for field in view_schema["required"].as_array().unwrap() {
         assert!(

@@ -63,18 +63,24 @@ pub enum Ctl {
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
     /// TOML file of `[[experiment]]` tables (the config file's format).
-    #[arg(short, long, value_name = "FILE", conflicts_with_all = ["name", "iface", "rules"])]
+    #[arg(short, long, value_name = "FILE", conflicts_with_all = ["name", "iface", "target", "rules"])]
     pub file: Option<PathBuf>,
 
     /// Name of a one-line experiment.
-    #[arg(long, required_unless_present = "file", requires_all = ["iface", "rules"])]
+    #[arg(long, required_unless_present = "file", requires = "rules")]
     pub name: Option<String>,
 
-    #[arg(long, value_name = "IFACE")]
+    /// Interface the faults apply on; with --target, the workload's default-route interface
+    /// when left out.
+    #[arg(long, value_name = "IFACE", required_unless_present_any = ["file", "target"])]
     pub iface: Option<String>,
 
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "target")]
     pub netns: Option<String>,
+
+    /// A workload: container=ID-or-NAME, pid=PID, cgroup=DIR or netns=FILE (as chaos run).
+    #[arg(long, value_name = "KIND=VALUE")]
+    pub target: Option<String>,
 
     /// A rule in `chaos run`'s language; repeat for several.
     #[arg(long = "rule", value_name = "RULE")]
@@ -180,6 +186,7 @@ async fn apply(args: ApplyArgs) -> Result<()> {
             name: args.name.clone().unwrap_or_default(),
             iface: args.iface.clone().unwrap_or_default(),
             netns: args.netns.clone(),
+            target: args.target.clone(),
             rules: args.rules.clone(),
             duration: args.duration.clone(),
             start_delay: args.start_delay.clone(),

@@ -81,6 +81,7 @@ impl Entry {
     fn target(&self) -> Target {
         Target {
             netns: self.experiment.spec.netns.clone(),
+            workload: self.experiment.spec.target.clone(),
             iface: self.experiment.spec.iface.clone(),
         }
     }
@@ -564,15 +565,24 @@ async fn view(state: &State, name: &str) -> Result<ExperimentView, ApiError> {
     let entry = &state.experiments[name];
     let target = entry.target();
     let mut counters = Vec::new();
+    let mut gone = None;
     if let Some(ts) = state.targets.get(&target) {
         let slots: Vec<u32> = (0..entry.experiment.rules.len())
             .filter_map(|i| ts.slots.get(&(name.to_owned(), i)).copied())
             .collect();
-        let values = ts
-            .worker
-            .counters(slots)
-            .await
-            .map_err(ApiError::Internal)?;
+        // A worker whose target is gone (a workload's process ended) has stopped: the
+        // experiment is shown failed, the rest of the daemon goes on.
+        let values = match ts.worker.counters(slots).await {
+            Ok(values) => values,
+            Err(e) if e == super::worker::GONE && target.workload.is_some() => {
+                gone = Some(format!(
+                    "target gone: {} ended",
+                    target.workload.as_deref().unwrap_or("the workload")
+                ));
+                Vec::new()
+            }
+            Err(e) => return Err(ApiError::Internal(e)),
+        };
         counters = entry
             .experiment
             .rules
@@ -586,7 +596,7 @@ async fn view(state: &State, name: &str) -> Result<ExperimentView, ApiError> {
         spec: entry.experiment.spec.clone(),
         source: entry.source,
         phase: match (entry.started, state.paused) {
-            _ if entry.failure.is_some() => Phase::Failed,
+            _ if entry.failure.is_some() || gone.is_some() => Phase::Failed,
             (false, _) => Phase::Pending,
             (true, true) => Phase::Paused,
             (true, false) => Phase::Active,
@@ -598,7 +608,7 @@ async fn view(state: &State, name: &str) -> Result<ExperimentView, ApiError> {
         expires_in_seconds: entry
             .expires_at
             .map(|t| t.saturating_duration_since(Instant::now()).as_secs_f64()),
-        reason: entry.failure.clone(),
+        reason: entry.failure.clone().or(gone),
         counters,
     })
 }

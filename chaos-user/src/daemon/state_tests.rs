@@ -95,6 +95,7 @@ impl Port for FakePort {
 fn target(iface: &str) -> Target {
     Target {
         netns: None,
+        workload: None,
         iface: iface.to_owned(),
     }
 }
@@ -117,6 +118,7 @@ fn spec(name: &str, iface: &str, rules: &[&str], priority: i32) -> ExperimentSpe
         name: name.to_owned(),
         iface: iface.to_owned(),
         netns: None,
+        target: None,
         rules: rules.iter().map(|r| (*r).to_owned()).collect(),
         duration: None,
         start_delay: None,

@@ -19,20 +19,30 @@ use crate::{
     netns,
     rule::Direction,
     ruleset::RuleSet,
+    target::Resolved,
 };
 
 /// An interface, in a named namespace or the daemon's own.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Target {
     pub netns: Option<String>,
+    /// A workload (`container=...`, `pid=...`, as `chaos run --target`) whose namespace the
+    /// interface is in; `iface` empty: its default route's.
+    pub workload: Option<String>,
     pub iface: String,
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.netns {
-            Some(ns) => write!(f, "{} in netns {ns}", self.iface),
-            None => f.write_str(&self.iface),
+        let iface = if self.iface.is_empty() {
+            "default interface"
+        } else {
+            &self.iface
+        };
+        match (&self.netns, &self.workload) {
+            (Some(ns), _) => write!(f, "{iface} in netns {ns}"),
+            (None, Some(w)) => write!(f, "{iface} of {w}"),
+            (None, None) => f.write_str(iface),
         }
     }
 }
@@ -88,7 +98,7 @@ pub struct Worker {
     thread: Option<thread::JoinHandle<()>>,
 }
 
-const GONE: &str = "the interface's worker stopped";
+pub const GONE: &str = "the interface's worker stopped";
 
 impl Worker {
     /// Starts the thread: enters the namespace, loads the program and attaches it both ways.
@@ -164,7 +174,7 @@ fn run(
     incoming: mpsc::Receiver<Request>,
     ready: oneshot::Sender<Result<(), ExperimentError>>,
 ) {
-    let mut injector = match set_up(&target, lease) {
+    let (mut injector, workload) = match set_up(&target, lease) {
         Ok(ok) => ok,
         Err(e) => {
             // The daemon may have given up waiting; nothing else to do with the error then.
@@ -177,6 +187,11 @@ fn run(
     }
     info!(%target, "attached");
     loop {
+        // A workload that ended took its interface with it: let the rest go too.
+        if workload.as_ref().is_some_and(Resolved::is_gone) {
+            warn!(%target, "the target is gone: its process ended");
+            break;
+        }
         if let Err(e) = injector.renew_lease(lease) {
             warn!(%target, "renewing the lease: {e}");
         }
@@ -206,15 +221,39 @@ fn run(
 
 /// Enters the namespace, loads, takes the lease and attaches; a refusal names the field to
 /// blame.
-fn set_up(target: &Target, lease: Duration) -> Result<Injector, ExperimentError> {
+fn set_up(
+    target: &Target,
+    lease: Duration,
+) -> Result<(Injector, Option<Resolved>), ExperimentError> {
     if let Some(ns) = &target.netns {
         netns::enter(ns).map_err(|e| ExperimentError::new("netns", e.to_string()))?;
     }
+    // The workload's namespace stays open (the file) for as long as the worker runs in it.
+    let workload = match &target.workload {
+        Some(text) => {
+            let blame = |e: String| ExperimentError::new("target", e);
+            let found = text
+                .parse::<crate::target::Target>()
+                .and_then(|t| t.resolve())
+                .map_err(|e| blame(e.to_string()))?;
+            netns::enter_file(&found.netns, &found.description)
+                .map_err(|e| blame(e.to_string()))?;
+            Some(found)
+        }
+        None => None,
+    };
     let iface = |message: String| ExperimentError::new("iface", message);
-    let ifindex = netns::if_index(&target.iface)
-        .ok_or_else(|| iface(format!("interface '{target}' not found")))?;
-    host::check_link_type(&target.iface, ifindex).map_err(iface)?;
-    let mut injector = Injector::load(&target.iface, ifindex, Capacity::DAEMON)
+    let name = if target.iface.is_empty() {
+        netns::default_route_iface()
+            .map_err(|e| iface(format!("reading routes: {e}")))?
+            .ok_or_else(|| iface(format!("no default route for {target}: give iface")))?
+    } else {
+        target.iface.clone()
+    };
+    let ifindex =
+        netns::if_index(&name).ok_or_else(|| iface(format!("interface '{target}' not found")))?;
+    host::check_link_type(&name, ifindex).map_err(iface)?;
+    let mut injector = Injector::load(&name, ifindex, Capacity::DAEMON)
         .map_err(|e| iface(first_line(&e.to_string())))?;
     // The lease before the attachment: a netlink filter whose program has none looks like a
     // leftover to another chaos cleaning up (`crate::recover`), and would be removed.
@@ -226,7 +265,7 @@ fn set_up(target: &Target, lease: Duration) -> Result<Injector, ExperimentError>
     injector
         .attach(&[Direction::Ingress, Direction::Egress], AttachMode::Auto)
         .map_err(|e| iface(first_line(&e.to_string())))?;
-    Ok(injector)
+    Ok((injector, workload))
 }
 
 fn first_line(text: &str) -> String {
