@@ -192,11 +192,19 @@ fn container_pid(key: &str) -> Result<(String, u32), String> {
 
 /// Containers whose 64-hex-digit ID (in a path component of a process's cgroup, as every
 /// runtime writes it: `docker/<id>`, `libpod-<id>`, `cri-containerd-<id>.scope`, `<id>`)
-/// starts with `prefix`, each with its lowest PID.
+/// starts with `prefix`, each with its lowest PID in a namespace other than chaos's own. A
+/// runtime's helper can sit in the container's cgroup for a moment while still in the host's
+/// namespace (seen with podman starting another container): the container's own processes are
+/// the ones in its namespace. A container on the host's network has only those.
 fn containers_by_id_prefix(prefix: &str) -> Vec<(String, u32)> {
-    let mut found: Vec<(String, u32)> = Vec::new();
+    use std::os::unix::fs::MetadataExt as _;
+    let own = fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| (m.dev(), m.ino()))
+        .ok();
+    // By ID: the lowest PID in another namespace, and the lowest in any.
+    let mut by_id: Vec<(String, Option<u32>, u32)> = Vec::new();
     let Ok(entries) = fs::read_dir("/proc") else {
-        return found;
+        return Vec::new();
     };
     for entry in entries.flatten() {
         let Some(pid) = entry
@@ -213,12 +221,25 @@ fn containers_by_id_prefix(prefix: &str) -> Vec<(String, u32)> {
         let Some(id) = container_id_in(&text, prefix) else {
             continue;
         };
-        match found.iter_mut().find(|(known, _)| *known == id) {
-            Some((_, lowest)) => *lowest = (*lowest).min(pid),
-            None => found.push((id, pid)),
+        let elsewhere = fs::metadata(entry.path().join("ns/net"))
+            .map(|m| Some((m.dev(), m.ino())) != own)
+            .unwrap_or(false);
+        let inner = elsewhere.then_some(pid);
+        match by_id.iter_mut().find(|(known, _, _)| *known == id) {
+            Some((_, lowest_inner, lowest)) => {
+                *lowest = (*lowest).min(pid);
+                *lowest_inner = match (*lowest_inner, inner) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            None => by_id.push((id, inner, pid)),
         }
     }
-    found
+    by_id
+        .into_iter()
+        .map(|(id, inner, any)| (id, inner.unwrap_or(any)))
+        .collect()
 }
 
 /// The first 64-hex-digit run in a `/proc/PID/cgroup` text that starts with `prefix`.
