@@ -42,19 +42,7 @@ pub fn enter(name: &str) -> Result<(), NetnsError> {
             source,
         },
     })?;
-    // SAFETY: a valid open fd; setns only changes this thread's namespace.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        let source = io::Error::last_os_error();
-        return Err(match source.raw_os_error() {
-            Some(libc::EPERM) => NetnsError::Permission(name.to_owned()),
-            // EINVAL: the file exists but is not a network namespace.
-            _ => NetnsError::Io {
-                name: name.to_owned(),
-                source,
-            },
-        });
-    }
-    Ok(())
+    enter_file(&file, name)
 }
 
 /// The index of interface `name` in the current namespace, if it exists.
