@@ -35,10 +35,14 @@ pub struct ExperimentSpec {
     /// Named network namespace of the interface (as `ip netns`); the daemon's own when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<String>,
-    /// A workload instead of a namespace: `container=ID-or-NAME`, `pid=PID`, `cgroup=DIR` or
-    /// `netns=FILE`, as `chaos run --target`.
+    /// A workload instead of a namespace, as `chaos run --target`: `container=ID-or-NAME`,
+    /// `pod=NAMESPACE/NAME`, `pid=PID`, `cgroup=DIR`, `netns=FILE`, or a selector followed
+    /// while the experiment runs: `container=GLOB`, `pod=NAMESPACE/GLOB`, `pods=LABELS`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// The Kubernetes namespace `pods=` looks in ("default" when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// Rules in `chaos run`'s language; the first that matches a packet decides.
     pub rules: Vec<String>,
     /// How long the faults last once started, e.g. "5m"; until deleted when absent.
@@ -71,6 +75,16 @@ where
     T: Default + Deserialize<'de>,
 {
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// A Kubernetes namespace name (RFC 1123 label).
+fn is_dns_label(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 fn is_false(b: &bool) -> bool {
@@ -120,6 +134,24 @@ impl TryFrom<ExperimentSpec> for Experiment {
                 return Err(ExperimentError::new(
                     "netns",
                     "give netns or target, not both: a target names its own namespace",
+                ));
+            }
+        }
+        if let Some(ns) = &spec.namespace {
+            if !spec
+                .target
+                .as_deref()
+                .is_some_and(|t| t.starts_with("pods="))
+            {
+                return Err(ExperimentError::new(
+                    "namespace",
+                    "only a pods= target looks in a Kubernetes namespace",
+                ));
+            }
+            if !is_dns_label(ns) {
+                return Err(ExperimentError::new(
+                    "namespace",
+                    "not a Kubernetes namespace name (1-63 lower-case letters, digits and '-')",
                 ));
             }
         }
@@ -242,6 +274,7 @@ mod tests {
             iface: "eth0".into(),
             netns: None,
             target: None,
+            namespace: None,
             rules: rules.iter().map(|r| (*r).to_owned()).collect(),
             duration: None,
             start_delay: None,

@@ -8,6 +8,7 @@ pub mod client;
 pub mod clsact;
 pub mod cmd;
 pub mod compile;
+pub mod cri;
 pub mod daemon;
 pub mod datapath;
 pub mod dist;
@@ -24,6 +25,7 @@ pub mod report;
 pub mod rtnl;
 pub mod rule;
 pub mod ruleset;
+pub mod selector;
 pub mod target;
 
 /// An error the user can fix by changing the command line or the environment: the CLI exits

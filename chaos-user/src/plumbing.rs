@@ -51,6 +51,8 @@ pub struct Plumbing {
     /// A clsact qdisc chaos added (None also when one was there before).
     clsact: Option<AddedClsact>,
     clsact_checked: bool,
+    /// The index the ifb must have, if any (see [`Plumbing::with_ifb_index`]).
+    ifb_index: Option<u32>,
 }
 
 impl Plumbing {
@@ -63,7 +65,21 @@ impl Plumbing {
             ifb: None,
             clsact: None,
             clsact_checked: false,
+            ifb_index: None,
         }
+    }
+
+    /// As [`Plumbing::new`], with the ifb (if one is needed) made as interface `index` of the
+    /// namespace: a program shared by workloads in several namespaces has one ifb index.
+    pub fn with_ifb_index(iface: &str, ifindex: u32, index: u32) -> Self {
+        let mut plumbing = Self::new(iface, ifindex);
+        plumbing.ifb_index = Some(index);
+        plumbing
+    }
+
+    /// The interface it plumbs.
+    pub fn iface(&self) -> &str {
+        &self.iface
     }
 
     /// Makes sure the interface has a clsact qdisc, for netlink attachments: added if missing
@@ -100,7 +116,7 @@ impl Plumbing {
             }
             None if holds.ifb => {
                 host::check_ingress_hold_kernel().map_err(PlumbingError::Kernel)?;
-                let ifb = qdisc::create_ifb(self.ifindex, horizon)?;
+                let ifb = qdisc::create_ifb(self.ifindex, horizon, self.ifb_index)?;
                 info!(
                     iface = self.iface,
                     ifb = ifb.name,

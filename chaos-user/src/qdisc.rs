@@ -179,15 +179,23 @@ pub struct Ifb {
     pub ifindex: u32,
 }
 
-/// Creates `chaos-ifb<ifindex>` (up) with fq at its root.
-pub fn create_ifb(for_ifindex: u32, horizon: Duration) -> Result<Ifb, QdiscError> {
+/// Creates `chaos-ifb<ifindex>` (up) with fq at its root; with `index`, as that interface
+/// index (indexes are per namespace: one program shared by several workloads' namespaces
+/// redirects to the same index in each).
+pub fn create_ifb(
+    for_ifindex: u32,
+    horizon: Duration,
+    index: Option<u32>,
+) -> Result<Ifb, QdiscError> {
     let name = format!("chaos-ifb{for_ifindex}");
     let io_err = |source| QdiscError::Io {
         iface: name.clone(),
         source,
     };
     let create = Rtnl::open().and_then(|mut rtnl| {
-        let ifb = RouteNetlinkMessage::NewLink(ifb_message(&name));
+        let mut message = ifb_message(&name);
+        message.header.index = index.unwrap_or(0);
+        let ifb = RouteNetlinkMessage::NewLink(message);
         rtnl.request(ifb, NLM_F_CREATE | NLM_F_EXCL)
     });
     match create {

@@ -9,9 +9,14 @@
 //! nothing by itself, so its program's config map decides: a controller renews the lease there
 //! every third of it, and a filter whose lease has not run out belongs to a live chaos (a
 //! `chaos run --attach netlink`, or a daemon on a kernel without TCX). Such an interface keeps
-//! its filters, its fq and its ifb; a filter whose lease ran out is removed wherever it is.
+//! its filters, its fq and its ifb; a filter whose lease ran out is removed wherever it is:
+//! chaos's own namespace, every named one, and every running process's (a container's or a
+//! pod's, which has no name, visited through `/proc/PID/ns/net`).
 
-use std::{fmt, io, thread, time::Duration};
+use std::{
+    collections::HashSet, fmt, fs::File, io, os::unix::fs::MetadataExt as _, path::Path, thread,
+    time::Duration,
+};
 
 use aya::{
     maps::{Array, Map, MapData},
@@ -47,7 +52,8 @@ const PROGRAM_NAMES: [&str; 2] = ["chaos_ingress", "chaos_egress"];
 /// One thing removed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Removed {
-    /// The namespace ("" for chaos's own).
+    /// The namespace: "" for chaos's own, its name under /run/netns, or `pid N` for a
+    /// process's without one (N its lowest PID).
     pub netns: String,
     pub iface: String,
     /// What: "fq ca05:", "ifb", "cls_bpf chaos_egress (egress)", ...
@@ -65,23 +71,106 @@ impl fmt::Display for Removed {
     }
 }
 
-/// Removes leftovers in chaos's own namespace and, with `all_netns`, in every named one.
+/// Removes leftovers in chaos's own namespace and, with `all_netns`, in every named one and in
+/// every running process's: containers' and pods' namespaces have no name. Each namespace is
+/// visited once (by its nsfs device and inode); a process's is named `pid N`, N its lowest PID.
 pub fn clean(all_netns: bool) -> Result<Vec<Removed>, String> {
     let mut removed = clean_here("")?;
-    if all_netns {
-        for ns in named_namespaces() {
-            let name = ns.clone();
-            // setns affects only the calling thread: one thread per namespace.
-            let found = thread::spawn(move || {
-                netns::enter(&name).map_err(|e| e.to_string())?;
-                clean_here(&name)
-            })
-            .join()
-            .map_err(|_| format!("cleaning netns {ns}: the thread panicked"))??;
-            removed.extend(found);
+    if !all_netns {
+        return Ok(removed);
+    }
+    // The namespace clean_here("") just saw: this thread's.
+    let own = File::open("/proc/thread-self/ns/net")
+        .and_then(|f| ns_id(&f))
+        .map_err(|e| format!("chaos's own network namespace: {e}"))?;
+    let mut seen = HashSet::from([own]);
+    for name in named_namespaces() {
+        let path = Path::new(netns::NETNS_RUN_DIR).join(&name);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            // Deleted while we looked.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(format!("opening {}: {e}", path.display())),
+        };
+        let id = ns_id(&file).map_err(|e| format!("{}: {e}", path.display()))?;
+        if seen.insert(id) {
+            removed.extend(clean_in(file, name)?);
         }
     }
+    let mut refused = Vec::new();
+    for pid in pids() {
+        // A process may end while we look (its namespace file is then gone): skipped.
+        let file = match File::open(format!("/proc/{pid}/ns/net")) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                refused.push(pid.to_string());
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let Ok(id) = ns_id(&file) else { continue };
+        if !seen.insert(id) {
+            continue;
+        }
+        match clean_in(file, format!("pid {pid}")) {
+            Ok(found) => removed.extend(found),
+            // It ended while we cleaned (its runtime tearing down the namespace's links).
+            Err(_) if proc_ns_id(pid) != Some(id) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if !refused.is_empty() {
+        let more = match refused.len() {
+            n @ 11.. => format!(" and {} more", n - 10),
+            _ => String::new(),
+        };
+        refused.truncate(10);
+        tracing::warn!(
+            "left the network namespaces of pid {}{more} unvisited: opening /proc/PID/ns/net \
+             takes ptrace access to the process (CAP_SYS_PTRACE, in its user namespace)",
+            refused.join(", ")
+        );
+    }
     Ok(removed)
+}
+
+/// Runs [`clean_here`] in the namespace open as `file`, called `ns`, on a thread of its own:
+/// setns affects only the calling thread.
+fn clean_in(file: File, ns: String) -> Result<Vec<Removed>, String> {
+    let what = format!("cleaning netns {ns}: the thread panicked");
+    thread::spawn(move || {
+        netns::enter_file(&file, &ns).map_err(|e| e.to_string())?;
+        clean_here(&ns)
+    })
+    .join()
+    .map_err(|_| what)?
+}
+
+/// A namespace's identity: the device and inode of its nsfs file.
+type NsId = (u64, u64);
+
+fn ns_id(file: &File) -> io::Result<NsId> {
+    file.metadata().map(|m| (m.dev(), m.ino()))
+}
+
+/// The network namespace process `pid` is in now, if it still runs.
+fn proc_ns_id(pid: u32) -> Option<NsId> {
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// The running processes, lowest PID first (so a namespace is named by its lowest).
+fn pids() -> Vec<u32> {
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    pids.sort_unstable();
+    pids
 }
 
 fn named_namespaces() -> Vec<String> {

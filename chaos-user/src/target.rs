@@ -3,7 +3,11 @@
 //!
 //! Resolution needs no runtime first: a container ID is found in `/proc/*/cgroup`, where
 //! Docker, podman, containerd and CRI-O all put it. A container *name* is asked of the Docker
-//! Engine API, which dockerd and podman's service both speak.
+//! Engine API, which dockerd and podman's service both speak. Pods are asked of the node's CRI
+//! runtime (`crate::cri`).
+//!
+//! A *selector* (`container=cart-*`, `pod=shop/cart-*`, `pods=app=cart`) names any number of
+//! workloads, now and later: [`Target::resolve_all`] is asked again while it is faulted.
 
 use std::{
     fmt,
@@ -17,6 +21,8 @@ use std::{
 
 use thiserror::Error;
 
+use crate::selector::{Selector, glob_match};
+
 /// What a user names with `--target KIND=VALUE`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -26,8 +32,16 @@ pub enum Target {
     Pid(u32),
     /// The network namespace of the processes of a cgroup (v1 or v2 directory).
     Cgroup(PathBuf),
-    /// A container by ID (or a unique prefix of at least 6 hex digits), or by name.
+    /// A container by ID (or a unique prefix of at least 6 hex digits), or by name; a name
+    /// with `*` or `?` is a glob over every container's name.
     Container(String),
+    /// A pod by namespace and name (a glob in the name selects all it matches).
+    Pod { namespace: String, name: String },
+    /// The pods whose labels a selector matches, in one namespace (`default` unless given).
+    Pods {
+        namespace: String,
+        selector: Selector,
+    },
 }
 
 impl fmt::Display for Target {
@@ -37,18 +51,25 @@ impl fmt::Display for Target {
             Self::Pid(p) => write!(f, "pid={p}"),
             Self::Cgroup(p) => write!(f, "cgroup={}", p.display()),
             Self::Container(c) => write!(f, "container={c}"),
+            Self::Pod { namespace, name } => write!(f, "pod={namespace}/{name}"),
+            Self::Pods {
+                namespace,
+                selector,
+            } => write!(f, "pods={selector} in namespace {namespace}"),
         }
     }
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TargetError {
-    #[error("--target {0}: expected KIND=VALUE with KIND one of container, pid, cgroup, netns")]
-    Syntax(String),
     #[error(
-        "--target {0}: pods are not supported yet (target the pod's container, or pid= of one of its processes)"
+        "--target {0}: expected KIND=VALUE with KIND one of container, pod, pods, pid, cgroup, netns"
     )]
-    Pods(String),
+    Syntax(String),
+    #[error("--target {0}: expected pod=NAMESPACE/NAME")]
+    PodSyntax(String),
+    #[error("--target {target}: {reason}")]
+    Selector { target: String, reason: String },
     #[error("--target pid={0}: expected a process ID")]
     BadPid(String),
     #[error("{target}: {reason}")]
@@ -71,21 +92,46 @@ impl FromStr for Target {
             },
             "cgroup" => Ok(Self::Cgroup(value.into())),
             "container" => Ok(Self::Container(value.to_owned())),
-            "pod" | "pods" => Err(TargetError::Pods(text.to_owned())),
+            "pod" => match value.split_once('/') {
+                Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
+                    Ok(Self::Pod {
+                        namespace: namespace.to_owned(),
+                        name: name.to_owned(),
+                    })
+                }
+                _ => Err(TargetError::PodSyntax(text.to_owned())),
+            },
+            "pods" => Ok(Self::Pods {
+                namespace: DEFAULT_NAMESPACE.to_owned(),
+                selector: value.parse().map_err(|e: crate::selector::SelectorError| {
+                    TargetError::Selector {
+                        target: text.to_owned(),
+                        reason: e.reason,
+                    }
+                })?,
+            }),
             _ => Err(TargetError::Syntax(text.to_owned())),
         }
     }
 }
 
+/// The Kubernetes namespace `pods=` looks in unless told otherwise, as kubectl.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
 /// A target found: its namespace, held open, and what to call it in messages.
 #[derive(Debug)]
 pub struct Resolved {
+    /// What stays the same while it is the same workload (a container's or pod sandbox's ID,
+    /// else its process or namespace file): a selector's matches are told apart by it.
+    pub key: String,
     pub netns: File,
     pub netns_path: PathBuf,
     /// E.g. `container 3f2a9c1b7e0d (pid 4242)`.
     pub description: String,
     /// The process the namespace was found through (none for `netns=`).
     pub pid: Option<u32>,
+    /// Its namespace is the host's (host networking): refused unless a rule says `force=yes`.
+    pub host_network: bool,
 }
 
 impl Resolved {
@@ -107,42 +153,195 @@ impl Resolved {
 }
 
 impl Target {
-    /// Finds the target's network namespace and opens it.
+    /// Whether it names any number of workloads, found again while faulted.
+    pub fn is_selector(&self) -> bool {
+        match self {
+            Self::Container(name) | Self::Pod { name, .. } => is_glob(name),
+            Self::Pods { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Looks `pods=` up in `namespace` instead of the default.
+    pub fn in_namespace(self, namespace: &str) -> Self {
+        match self {
+            Self::Pods { selector, .. } => Self::Pods {
+                namespace: namespace.to_owned(),
+                selector,
+            },
+            other => other,
+        }
+    }
+
+    /// Finds the one workload the target names and opens its network namespace. A selector
+    /// must match exactly one.
     pub fn resolve(&self) -> Result<Resolved, TargetError> {
-        let fail = |reason: String| TargetError::Unresolved {
+        let mut all = self.resolve_all()?;
+        match all.len() {
+            1 => Ok(all.remove(0)),
+            0 => Err(self.fail(format!("nothing matches {self}"))),
+            n => {
+                let names: Vec<&str> = all.iter().map(|r| r.description.as_str()).collect();
+                Err(self.fail(format!(
+                    "{n} workloads match ({}); one is faulted at a time here: the daemon \
+                     (chaos apply) faults every match",
+                    names.join(", ")
+                )))
+            }
+        }
+    }
+
+    /// Every workload the target names now, each with its namespace open. A selector may
+    /// match none; any other target fails if it cannot be found.
+    pub fn resolve_all(&self) -> Result<Vec<Resolved>, TargetError> {
+        let found = match self {
+            Self::Netns(path) => vec![Found {
+                key: path.display().to_string(),
+                pid: None,
+                path: Some(path.clone()),
+                description: format!("netns {}", path.display()),
+                host_network: false,
+            }],
+            Self::Pid(pid) => vec![Found::process(pid.to_string(), *pid, format!("pid {pid}"))],
+            Self::Cgroup(dir) => {
+                let pid = cgroup_pid(dir).map_err(|e| self.fail(e))?;
+                vec![Found::process(
+                    dir.display().to_string(),
+                    pid,
+                    format!("cgroup {} (pid {pid})", dir.display()),
+                )]
+            }
+            Self::Container(name) if is_glob(name) => containers_by_glob(name)
+                .map_err(|e| self.fail(e))?
+                .into_iter()
+                .map(|(id, name, pid)| {
+                    Found::process(
+                        id.clone(),
+                        pid,
+                        format!("container {name} {} (pid {pid})", short(&id)),
+                    )
+                })
+                .collect(),
+            Self::Container(key) => {
+                let (id, pid) = container_pid(key).map_err(|e| self.fail(e))?;
+                vec![Found::process(
+                    id.clone(),
+                    pid,
+                    format!("container {} (pid {pid})", short(&id)),
+                )]
+            }
+            Self::Pod { namespace, name } => {
+                let pods = crate::cri::list_pods().map_err(|e| self.fail(e.to_string()))?;
+                let found: Vec<Found> = pods
+                    .into_iter()
+                    .filter(|p| &p.namespace == namespace && glob_match(name, &p.name))
+                    .map(Found::pod)
+                    .collect();
+                if found.is_empty() && !is_glob(name) {
+                    return Err(self.fail(format!(
+                        "no ready pod {namespace}/{name} in the CRI runtime"
+                    )));
+                }
+                found
+            }
+            Self::Pods {
+                namespace,
+                selector,
+            } => crate::cri::list_pods()
+                .map_err(|e| self.fail(e.to_string()))?
+                .into_iter()
+                .filter(|p| &p.namespace == namespace && selector.matches(&p.labels))
+                .map(Found::pod)
+                .collect(),
+        };
+        let selector = self.is_selector();
+        let mut resolved = Vec::new();
+        for f in found {
+            match f.open() {
+                Ok(r) => resolved.push(r),
+                // A selector's match that ended while we looked is simply not a match.
+                Err(_) if selector => {}
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+        Ok(resolved)
+    }
+
+    fn fail(&self, reason: String) -> TargetError {
+        TargetError::Unresolved {
             target: self.to_string(),
             reason,
+        }
+    }
+}
+
+/// A workload found, before its namespace is opened.
+struct Found {
+    key: String,
+    pid: Option<u32>,
+    /// Its namespace file when not `/proc/PID/ns/net`.
+    path: Option<PathBuf>,
+    description: String,
+    host_network: bool,
+}
+
+impl Found {
+    fn process(key: String, pid: u32, description: String) -> Self {
+        Self {
+            key,
+            pid: Some(pid),
+            path: None,
+            description,
+            host_network: false,
+        }
+    }
+
+    fn pod(pod: crate::cri::Pod) -> Self {
+        let description = match pod.pid {
+            Some(pid) => format!("pod {}/{} (pid {pid})", pod.namespace, pod.name),
+            None => format!("pod {}/{}", pod.namespace, pod.name),
         };
-        let (pid, description) = match self {
-            Self::Netns(path) => (None, format!("netns {}", path.display())),
-            Self::Pid(pid) => (Some(*pid), format!("pid {pid}")),
-            Self::Cgroup(dir) => {
-                let pid = cgroup_pid(dir).map_err(fail)?;
-                (Some(pid), format!("cgroup {} (pid {pid})", dir.display()))
-            }
-            Self::Container(key) => {
-                let (id, pid) = container_pid(key).map_err(fail)?;
-                (Some(pid), format!("container {} (pid {pid})", short(&id)))
+        Self {
+            key: pod.id,
+            path: pod.netns_path.filter(|_| pod.pid.is_none()),
+            pid: pod.pid,
+            description,
+            host_network: pod.host_network,
+        }
+    }
+
+    fn open(self) -> Result<Resolved, String> {
+        use std::os::unix::fs::MetadataExt as _;
+        let path = match (self.path, self.pid) {
+            (Some(path), _) => path,
+            (None, Some(pid)) => proc_netns(pid),
+            (None, None) => {
+                return Err(format!("{}: no process and no namespace", self.description));
             }
         };
-        let path = match (self, pid) {
-            (Self::Netns(path), _) => path.clone(),
-            (_, Some(pid)) => proc_netns(pid),
-            (_, None) => unreachable!("every target but netns= has a process"),
-        };
-        let netns = File::open(&path).map_err(|e| match (e.kind(), pid) {
-            (io::ErrorKind::NotFound, Some(pid)) => {
-                fail(format!("no process {pid} (it may have ended)"))
-            }
-            _ => fail(format!("{}: {e}", path.display())),
+        let netns = File::open(&path).map_err(|e| match (e.kind(), self.pid) {
+            (io::ErrorKind::NotFound, Some(pid)) => format!("no process {pid} (it may have ended)"),
+            _ => format!("{}: {e}", path.display()),
         })?;
+        // The host's namespace: PID 1's (chaos in a DaemonSet sees the node's with hostPID),
+        // and chaos's own process's (on a host, or a DaemonSet with host networking); PID 1's
+        // cannot always be opened (a sandbox's init).
+        let id = |p: &str| fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+        let mine = netns.metadata().map(|m| (m.dev(), m.ino())).ok();
+        let host = [id("/proc/1/ns/net"), id("/proc/self/ns/net")];
         Ok(Resolved {
+            key: self.key,
             netns,
             netns_path: path,
-            description,
-            pid,
+            description: self.description,
+            pid: self.pid,
+            host_network: self.host_network || (mine.is_some() && host.contains(&mine)),
         })
     }
+}
+
+fn is_glob(text: &str) -> bool {
+    text.contains(['*', '?'])
 }
 
 fn proc_netns(pid: u32) -> PathBuf {
@@ -304,6 +503,50 @@ fn container_by_name(name: &str) -> Result<(String, u32), String> {
     ))
 }
 
+/// Running containers whose name matches `pattern`, through the Docker Engine API: (ID, name,
+/// PID) each.
+fn containers_by_glob(pattern: &str) -> Result<Vec<(String, String, u32)>, String> {
+    let mut tried = Vec::new();
+    for socket in engine_sockets() {
+        let body = match engine_get(&socket, "/containers/json") {
+            Ok((200, body)) => body,
+            Ok((status, _)) => {
+                tried.push(format!("{} (HTTP {status})", socket.display()));
+                continue;
+            }
+            Err(e) => {
+                tried.push(format!("{} ({e})", socket.display()));
+                continue;
+            }
+        };
+        let list: Vec<serde_json::Value> = serde_json::from_str(&body)
+            .map_err(|e| format!("{}: bad answer: {e}", socket.display()))?;
+        let mut found = Vec::new();
+        for c in &list {
+            let id = c["Id"].as_str().unwrap_or_default();
+            let names = c["Names"].as_array().into_iter().flatten();
+            let matching = names
+                .filter_map(|n| n.as_str())
+                .map(|n| n.trim_start_matches('/'))
+                .find(|n| glob_match(pattern, n));
+            let Some(name) = matching else { continue };
+            // The list has no PID: ask for the one container (it may have stopped since).
+            if let Ok((200, one)) = engine_get(&socket, &format!("/containers/{id}/json")) {
+                let v: serde_json::Value = serde_json::from_str(&one).unwrap_or_default();
+                let pid = v["State"]["Pid"].as_u64().unwrap_or(0) as u32;
+                if pid != 0 {
+                    found.push((id.to_owned(), name.to_owned(), pid));
+                }
+            }
+        }
+        return Ok(found);
+    }
+    Err(format!(
+        "no Docker Engine API answered to list containers: tried {}; set DOCKER_HOST",
+        tried.join(", ")
+    ))
+}
+
 /// One HTTP/1.0 GET on a unix socket: the status and the body. HTTP/1.0 makes the server close
 /// the connection after its answer, so the body is everything after the headers.
 fn engine_get(socket: &Path, path: &str) -> io::Result<(u16, String)> {
@@ -343,21 +586,22 @@ mod tests {
         let cases = [
             (
                 "redis",
-                "--target redis: expected KIND=VALUE with KIND one of container, pid, cgroup, netns",
+                "--target redis: expected KIND=VALUE with KIND one of container, pod, pods, pid, cgroup, netns",
             ),
             ("pid=0", "--target pid=0: expected a process ID"),
             ("pid=x", "--target pid=x: expected a process ID"),
             (
                 "vm=1",
-                "--target vm=1: expected KIND=VALUE with KIND one of container, pid, cgroup, netns",
+                "--target vm=1: expected KIND=VALUE with KIND one of container, pod, pods, pid, cgroup, netns",
             ),
             (
                 "container=",
-                "--target container=: expected KIND=VALUE with KIND one of container, pid, cgroup, netns",
+                "--target container=: expected KIND=VALUE with KIND one of container, pod, pods, pid, cgroup, netns",
             ),
+            ("pod=cart", "--target pod=cart: expected pod=NAMESPACE/NAME"),
             (
-                "pod=shop/cart",
-                "--target pod=shop/cart: pods are not supported yet (target the pod's container, or pid= of one of its processes)",
+                "pod=shop/",
+                "--target pod=shop/: expected pod=NAMESPACE/NAME",
             ),
         ];
         for (text, want) in cases {
@@ -367,6 +611,33 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn pods_and_globs_are_selectors() {
+        let pod: Target = "pod=shop/cart-7d9c".parse().unwrap();
+        assert_eq!(
+            pod,
+            Target::Pod {
+                namespace: "shop".into(),
+                name: "cart-7d9c".into()
+            }
+        );
+        assert!(!pod.is_selector());
+        assert!("pod=shop/cart-*".parse::<Target>().unwrap().is_selector());
+        assert!("container=cart-?".parse::<Target>().unwrap().is_selector());
+        assert!(!"container=cart".parse::<Target>().unwrap().is_selector());
+        let pods = "pods=app=cart,tier!=canary"
+            .parse::<Target>()
+            .unwrap()
+            .in_namespace("shop");
+        assert!(pods.is_selector());
+        assert_eq!(
+            pods.to_string(),
+            "pods=app=cart,tier!=canary in namespace shop"
+        );
+        let default = "pods=app=cart".parse::<Target>().unwrap();
+        assert_eq!(default.to_string(), "pods=app=cart in namespace default");
     }
 
     #[test]

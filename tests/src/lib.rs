@@ -813,15 +813,22 @@ pub const DAEMON_READY: &str = "chaos: daemon listening on";
 impl Daemon {
     /// Starts `chaos daemon` with `args` on a fresh socket and waits until it listens.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// As [`Daemon::start`], with `env` set for the daemon (e.g. `DOCKER_HOST`).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("chaos-test-")
             .tempdir()
             .expect("a temporary directory for the daemon's socket");
         let socket = dir.path().join("chaos.sock");
-        let mut all = vec!["daemon", "--socket", socket.to_str().unwrap()];
-        all.extend_from_slice(args);
+        let mut command = Command::new(chaos_bin());
+        command.args(["daemon", "--socket", socket.to_str().unwrap()]);
+        command.args(args);
+        command.envs(env.iter().copied());
         Self {
-            process: ChaosProcess::spawn(&all, DAEMON_READY),
+            process: ChaosProcess::spawn_command(command, DAEMON_READY),
             socket,
             _dir: dir,
         }
@@ -874,6 +881,7 @@ pub fn chaos_output(args: &[&str]) -> ChaosExit {
     }
 }
 
+pub mod cri;
 /// Running tests on a second kernel: Debian's 6.12 (which has sch_fq, sch_netem, ifb) under
 /// qemu, booted from the host's own root filesystem by `vm/run-in-vm.sh`.
 pub mod podman;

@@ -196,6 +196,33 @@ impl Podman {
         }
     }
 
+    /// Starts a container named `name` on the host's network (`--network host`): its
+    /// namespace is the host's.
+    pub fn run_host_network(&self, name: &str) -> Container {
+        let id = self.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "host",
+            IMAGE,
+            "/bin/sleep",
+            "600",
+        ]);
+        self.containers.lock().unwrap().push(id.clone());
+        let pid = self
+            .ok(&["inspect", "-f", "{{.State.Pid}}", &id])
+            .parse()
+            .expect("pid");
+        Container {
+            id,
+            name: name.to_owned(),
+            pid,
+            ip: String::new(),
+        }
+    }
+
     /// Stops and removes a container at once (`-t 0`: busybox httpd ignores SIGTERM as PID 1).
     pub fn remove(&self, c: &Container) {
         self.ok(&["rm", "-f", "-t", "0", &c.id]);

@@ -170,7 +170,8 @@ fn unresolvable_targets_are_refused_by_name() {
             "container=0123456789abcdef",
             "no running container's cgroup names an ID starting with 0123456789abcdef",
         ),
-        ("pod=shop/cart", "pods are not supported yet"),
+        ("pod=cart", "expected pod=NAMESPACE/NAME"),
+        ("pods=app=", "--target pods=app=: "),
         ("cgroup=/nonexistent", "/nonexistent/cgroup.procs"),
     ];
     for (target, want) in cases {
@@ -232,4 +233,136 @@ fn the_daemon_targets_a_container_and_reports_it_gone() {
     let delete = d.ctl(&["delete", "boxed"]);
     assert_eq!(delete.code, Some(0), "{}", delete.stderr);
     assert_eq!(d.stop().code, Some(0));
+}
+
+/// `connect()` from the host with a short timeout: whether it timed out (the SYN dropped).
+fn times_out(ip: &str, port: u16) -> bool {
+    let dst: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    matches!(
+        TcpStream::connect_timeout(&dst, Duration::from_millis(300)),
+        Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock
+    )
+}
+
+/// Polls `done` every 50 ms until it holds or `limit` passes: how long it took, if it held.
+fn within(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// A glob over container names, in the daemon: every match is faulted (one program attached
+/// in each container's namespace), one that does not match is untouched, a container started
+/// later that matches is faulted within 2 s, and one removed is released while the others go
+/// on. `chaos get` lists each with its namespace and interface.
+#[test]
+fn the_daemon_follows_containers_matching_a_glob() {
+    let mut podman = Podman::new("glob");
+    let api = podman.api();
+    let me = std::process::id();
+    let a = podman.run(&format!("chaos-s{me}-a"));
+    let b = podman.run(&format!("chaos-s{me}-b"));
+    let other = podman.run(&format!("chaos-o{me}"));
+    let host = format!("unix://{}", api.display());
+    let d = netlab::Daemon::start_with_env(&[], &[("DOCKER_HOST", &host)]);
+    let apply = d.ctl(&[
+        "apply",
+        "--name",
+        "globbed",
+        "--target",
+        &format!("container=chaos-s{me}-*"),
+        "--rule",
+        "dir=ingress proto=tcp dport=8080 drop=100%",
+    ]);
+    assert_eq!(apply.code, Some(0), "{}", apply.stderr);
+    let get = || {
+        let out = d.ctl(&["get", "globbed", "--output", "json"]);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        serde_json::from_str::<Value>(&out.stdout).expect("JSON")
+    };
+    assert!(times_out(&a.ip, 8080) && times_out(&b.ip, 8080));
+    assert_eq!(
+        connect(&other.ip, 8080),
+        None,
+        "the container not matched is untouched"
+    );
+    let view = get();
+    let targets = view["targets"].as_array().expect("targets").clone();
+    assert_eq!(targets.len(), 2, "{view}");
+    for (t, c) in targets.iter().zip([&a, &b]) {
+        assert_eq!(t["state"], "attached", "{view}");
+        assert_eq!(t["iface"], "eth0", "{view}");
+        assert!(t["workload"].as_str().unwrap().contains(&c.name), "{view}");
+        assert!(t["netns"].as_str().unwrap().ends_with("/ns/net"), "{view}");
+    }
+    let text = d.ctl(&["get", "globbed"]);
+    assert!(
+        text.stdout.contains("WORKLOAD") && text.stdout.contains(&a.name),
+        "{}",
+        text.stdout
+    );
+
+    // A new match: faulted within 2 s of running (podman run returns once it runs).
+    let c = podman.run(&format!("chaos-s{me}-c"));
+    let took = within(Duration::from_secs(2), || times_out(&c.ip, 8080));
+    assert!(
+        took.is_some(),
+        "a new matching container was not faulted within 2 s"
+    );
+    eprintln!("a new match faulted after {:?}", took.unwrap());
+
+    // One removed: released; the others stay faulted.
+    podman.remove(&a);
+    let released = within(Duration::from_secs(3), || {
+        get()["targets"].as_array().is_some_and(|t| t.len() == 2)
+    });
+    assert!(released.is_some(), "{}", get());
+    let view = get();
+    assert_eq!(view["phase"], "active", "{view}");
+    assert!(times_out(&b.ip, 8080) && times_out(&c.ip, 8080));
+    let delete = d.ctl(&["delete", "globbed"]);
+    assert_eq!(delete.code, Some(0), "{}", delete.stderr);
+    assert_eq!(connect(&b.ip, 8080), None, "deleted: the faults are gone");
+    assert_eq!(connect(&c.ip, 8080), None, "deleted: the faults are gone");
+    assert_eq!(d.stop().code, Some(0));
+}
+
+/// A container on the host's network shares the node's namespace: targeting it would fault
+/// the host. It is refused unless a rule says force=yes.
+#[test]
+fn a_host_network_workload_is_refused_without_force() {
+    let podman = Podman::new("hostnet");
+    let h = podman.run_host_network(&format!("chaos-h{}", std::process::id()));
+    let target = format!("container={}", &h.id[..12]);
+    // A duration, so that a chaos that wrongly attaches still ends.
+    let exit = netlab::chaos_output(&[
+        "run",
+        "--target",
+        &target,
+        "--rule",
+        "drop=1%",
+        "--duration",
+        "5s",
+    ]);
+    assert_eq!(exit.code, Some(2), "{}", exit.stderr);
+    assert!(
+        exit.stderr.contains(
+            "is on the host's network (its namespace is the node's): refused unless a rule says force=yes"
+        ),
+        "{}",
+        exit.stderr
+    );
+    // Forced, with a rule that matches nothing here: it attaches, and stops cleanly.
+    let c = chaos(
+        &target,
+        &["dst=198.18.255.254/32 drop=100% force=yes"],
+        None,
+    );
+    let exit = c.stop(libc::SIGINT);
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
 }

@@ -32,6 +32,8 @@ const APT_PACKAGES: &[&str] = &[
     "runc",
     "containernetworking-plugins",
     "busybox-static",
+    "containerd",
+    "protobuf-compiler",
 ];
 /// The OpenAPI fuzzer `tests/tests/openapi.rs` drives the daemon's API with, from PyPI.
 const SCHEMATHESIS_VERSION: &str = "4.32.5";

@@ -12,7 +12,8 @@ use crate::{InputError, caps, recover};
 /// out) are left alone.
 #[derive(Debug, Args)]
 pub struct CleanupArgs {
-    /// Also look in every named network namespace (/run/netns).
+    /// Also look in every named network namespace (/run/netns) and every process's, containers'
+    /// included (each reached through /proc/PID/ns/net, reported as `pid N`).
     #[arg(long)]
     pub all_netns: bool,
 

@@ -63,7 +63,7 @@ pub enum Ctl {
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
     /// TOML file of `[[experiment]]` tables (the config file's format).
-    #[arg(short, long, value_name = "FILE", conflicts_with_all = ["name", "iface", "target", "rules"])]
+    #[arg(short, long, value_name = "FILE", conflicts_with_all = ["name", "iface", "target", "namespace", "rules"])]
     pub file: Option<PathBuf>,
 
     /// Name of a one-line experiment.
@@ -78,9 +78,17 @@ pub struct ApplyArgs {
     #[arg(long, value_name = "NAME", conflicts_with = "target")]
     pub netns: Option<String>,
 
-    /// A workload: container=ID-or-NAME, pid=PID, cgroup=DIR or netns=FILE (as chaos run).
+    /// A workload: container=ID-or-NAME, pod=NAMESPACE/NAME, pid=PID, cgroup=DIR or
+    /// netns=FILE (as chaos run), or a selector the daemon follows while the experiment runs:
+    /// container=GLOB ('cart-*'), pod=NAMESPACE/GLOB, pods=LABELS ('app=cart,tier!=canary').
+    /// Matches that appear later are faulted within 2 s; those that go are released. Workloads
+    /// on the host's network are refused unless a rule says force=yes.
     #[arg(long, value_name = "KIND=VALUE")]
     pub target: Option<String>,
+
+    /// The Kubernetes namespace a pods= target looks in (default: "default").
+    #[arg(long, value_name = "NAMESPACE", requires = "target")]
+    pub namespace: Option<String>,
 
     /// A rule in `chaos run`'s language; repeat for several.
     #[arg(long = "rule", value_name = "RULE")]
@@ -187,6 +195,7 @@ async fn apply(args: ApplyArgs) -> Result<()> {
             iface: args.iface.clone().unwrap_or_default(),
             netns: args.netns.clone(),
             target: args.target.clone(),
+            namespace: args.namespace.clone(),
             rules: args.rules.clone(),
             duration: args.duration.clone(),
             start_delay: args.start_delay.clone(),
@@ -279,9 +288,12 @@ fn list_table(list: &Value) -> String {
         "NAME", "IFACE", "PHASE", "RULES", "EXPIRES", "MATCHED", "DROPPED", "DELAYED"
     );
     for e in list.as_array().into_iter().flatten() {
-        let iface = match e["netns"].as_str() {
-            Some(ns) => format!("{}@{ns}", e["iface"].as_str().unwrap_or("?")),
-            None => e["iface"].as_str().unwrap_or("?").to_owned(),
+        let iface = match (e["netns"].as_str(), e["target"].as_str()) {
+            (Some(ns), _) => format!("{}@{ns}", e["iface"].as_str().unwrap_or("?")),
+            (None, Some(target)) => {
+                format!("{target} ({})", e["targets"].as_array().map_or(0, Vec::len))
+            }
+            (None, None) => e["iface"].as_str().unwrap_or("?").to_owned(),
         };
         let expires = e["expires_in_seconds"]
             .as_f64()
@@ -311,9 +323,33 @@ fn detail(e: &Value) -> String {
             .map_or(String::new(), |ns| format!(" (netns {ns})")),
         e["phase"].as_str().unwrap_or("?"),
     );
-    for key in ["duration", "start_delay", "priority", "expires_in_seconds"] {
+    for key in [
+        "target",
+        "namespace",
+        "duration",
+        "start_delay",
+        "priority",
+        "expires_in_seconds",
+        "reason",
+    ] {
         if !e[key].is_null() {
             out.push_str(&format!("{key}: {}\n", e[key]));
+        }
+    }
+    if let Some(targets) = e["targets"].as_array().filter(|t| !t.is_empty()) {
+        out.push_str(&format!(
+            "{:<48}  {:<8}  {:<24}  STATE\n",
+            "WORKLOAD", "IFACE", "NETNS"
+        ));
+        for t in targets {
+            let field = |key: &str| t[key].as_str().unwrap_or("-").to_owned();
+            out.push_str(&format!(
+                "{:<48}  {:<8}  {:<24}  {}\n",
+                field("workload"),
+                field("iface"),
+                field("netns"),
+                field("state"),
+            ));
         }
     }
     out.push_str(&format!(

@@ -47,10 +47,18 @@ pub struct RunArgs {
 
     /// A workload to fault, in its own network namespace: container=ID-or-NAME (an ID prefix
     /// is looked up in /proc/*/cgroup, a name through the Docker Engine API of docker or
-    /// podman: DOCKER_HOST, /run/docker.sock, /run/podman/podman.sock), pid=PID,
-    /// cgroup=DIR, or netns=FILE (/proc/PID/ns/net, /run/netns/NAME).
+    /// podman: DOCKER_HOST, /run/docker.sock, /run/podman/podman.sock), pod=NAMESPACE/NAME
+    /// (through the node's CRI runtime: CONTAINER_RUNTIME_ENDPOINT,
+    /// /run/containerd/containerd.sock, /run/crio/crio.sock), pid=PID, cgroup=DIR, or
+    /// netns=FILE (/proc/PID/ns/net, /run/netns/NAME). A glob (container=cart-*) or
+    /// pods=LABELS must match exactly one workload here; `chaos apply` follows many. A
+    /// workload on the host's network is refused unless a rule says force=yes.
     #[arg(long, value_name = "KIND=VALUE")]
     pub target: Option<Target>,
+
+    /// The Kubernetes namespace a pods= target looks in (default: "default").
+    #[arg(long, value_name = "NAMESPACE", requires = "target")]
+    pub namespace: Option<String>,
 
     /// A fault rule; repeat for several. The first rule that matches a packet decides.
     #[arg(long = "rule", value_name = "RULE", required = true)]
@@ -186,7 +194,19 @@ pub fn run(args: RunArgs) -> Result<()> {
     // The workload's namespace stays open (the file) for as long as chaos runs in it.
     let workload = match &args.target {
         Some(target) => {
+            let target = match &args.namespace {
+                Some(ns) => target.clone().in_namespace(ns),
+                None => target.clone(),
+            };
             let found = target.resolve().map_err(|e| InputError(e.to_string()))?;
+            if found.host_network && !plan.set.rules().iter().any(|r| r.force) {
+                return Err(InputError(format!(
+                    "{target}: {} is on the host's network (its namespace is the node's): \
+                     refused unless a rule says force=yes",
+                    found.description
+                ))
+                .into());
+            }
             netns::enter_file(&found.netns, &found.description)
                 .map_err(|e| InputError(e.to_string()))?;
             Some(found)
@@ -420,6 +440,7 @@ mod tests {
             iface: Some("lo".into()),
             netns: None,
             target: None,
+            namespace: None,
             rules: rules.iter().map(|r| (*r).to_owned()).collect(),
             duration: None,
             output: Output::Text,

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use super::worker::{Port, Ports, Target, Workers};
+use super::worker::{Port, Ports, Target, TargetView, Workers};
 use crate::{
     experiment::{Experiment, ExperimentError, ExperimentSpec, MAX_EXPERIMENTS},
     guard::Guard,
@@ -79,10 +79,14 @@ impl Entry {
     }
 
     fn target(&self) -> Target {
+        let spec = &self.experiment.spec;
         Target {
-            netns: self.experiment.spec.netns.clone(),
-            workload: self.experiment.spec.target.clone(),
-            iface: self.experiment.spec.iface.clone(),
+            netns: spec.netns.clone(),
+            workload: spec.target.clone(),
+            namespace: spec.namespace.clone(),
+            // Only a workload target needs it: other targets' keys stay as they were.
+            force: spec.target.is_some() && self.experiment.rules.iter().any(|r| r.force),
+            iface: spec.iface.clone(),
         }
     }
 }
@@ -117,6 +121,9 @@ pub struct ExperimentView {
     /// Why it failed (phase `failed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The workloads a `target` resolved to, now (empty for an interface target).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<TargetView>,
     /// One entry per rule, in order.
     pub counters: Vec<RuleReport>,
 }
@@ -566,6 +573,7 @@ async fn view(state: &State, name: &str) -> Result<ExperimentView, ApiError> {
     let target = entry.target();
     let mut counters = Vec::new();
     let mut gone = None;
+    let mut targets = Vec::new();
     if let Some(ts) = state.targets.get(&target) {
         let slots: Vec<u32> = (0..entry.experiment.rules.len())
             .filter_map(|i| ts.slots.get(&(name.to_owned(), i)).copied())
@@ -583,6 +591,13 @@ async fn view(state: &State, name: &str) -> Result<ExperimentView, ApiError> {
             }
             Err(e) => return Err(ApiError::Internal(e)),
         };
+        if gone.is_none() {
+            targets = match ts.worker.targets().await {
+                Ok(views) => views,
+                Err(e) if e == super::worker::GONE => Vec::new(),
+                Err(e) => return Err(ApiError::Internal(e)),
+            };
+        }
         counters = entry
             .experiment
             .rules
@@ -609,6 +624,7 @@ async fn view(state: &State, name: &str) -> Result<ExperimentView, ApiError> {
             .expires_at
             .map(|t| t.saturating_duration_since(Instant::now()).as_secs_f64()),
         reason: entry.failure.clone().or(gone),
+        targets,
         counters,
     })
 }

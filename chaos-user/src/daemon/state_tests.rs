@@ -96,6 +96,8 @@ fn target(iface: &str) -> Target {
     Target {
         netns: None,
         workload: None,
+        namespace: None,
+        force: false,
         iface: iface.to_owned(),
     }
 }
@@ -119,6 +121,7 @@ fn spec(name: &str, iface: &str, rules: &[&str], priority: i32) -> ExperimentSpe
         iface: iface.to_owned(),
         netns: None,
         target: None,
+        namespace: None,
         rules: rules.iter().map(|r| (*r).to_owned()).collect(),
         duration: None,
         start_delay: None,

@@ -40,6 +40,9 @@ impl AttachMode {
 }
 
 struct Link {
+    /// Which attachment group it belongs to: a daemon worker attaches one program to the
+    /// interfaces of several workloads, each in its own namespace (`crate::injector`).
+    tag: u32,
     iface: String,
     direction: Direction,
     id: SchedClassifierLinkId,
@@ -56,6 +59,7 @@ impl Links {
     pub fn attach(
         &mut self,
         ebpf: &mut Ebpf,
+        tag: u32,
         iface: &str,
         direction: Direction,
         mode: AttachMode,
@@ -77,6 +81,7 @@ impl Links {
             })?;
         info!(iface, direction = direction.as_str(), ?mode, "attached");
         self.0.push(Link {
+            tag,
             iface: iface.to_owned(),
             direction,
             id,
@@ -86,12 +91,28 @@ impl Links {
 
     /// Detaches everything, reporting the first failure after trying all.
     pub fn detach_all(&mut self, ebpf: &mut Ebpf) -> Result<()> {
+        self.detach_where(ebpf, |_| true)
+    }
+
+    /// Detaches the attachments of group `tag`. A netlink attachment is found by its interface
+    /// in the calling thread's namespace: call it from the group's.
+    pub fn detach_tag(&mut self, ebpf: &mut Ebpf, tag: u32) -> Result<()> {
+        self.detach_where(ebpf, |t| t == tag)
+    }
+
+    fn detach_where(&mut self, ebpf: &mut Ebpf, wanted: impl Fn(u32) -> bool) -> Result<()> {
         let mut first_error = None;
+        let (gone, kept) = std::mem::take(&mut self.0)
+            .into_iter()
+            .partition(|l| wanted(l.tag));
+        self.0 = kept;
+        let gone: Vec<Link> = gone;
         for Link {
             iface,
             direction,
             id,
-        } in self.0.drain(..)
+            ..
+        } in gone
         {
             let result = classifier(ebpf, program_name(direction)).and_then(|prog| {
                 prog.detach(id).map_err(|source| DatapathError::Detach {

@@ -396,7 +396,24 @@ impl Datapath {
     /// Attaches the program for `direction` to `iface`. A netlink attachment needs clsact on
     /// the interface first (`crate::plumbing::Plumbing::ensure_clsact`).
     pub fn attach(&mut self, iface: &str, direction: Direction, mode: AttachMode) -> Result<()> {
-        self.links.attach(&mut self.ebpf, iface, direction, mode)
+        self.attach_tagged(0, iface, direction, mode)
+    }
+
+    /// As [`Datapath::attach`], in attachment group `tag` (one workload's interface).
+    pub fn attach_tagged(
+        &mut self,
+        tag: u32,
+        iface: &str,
+        direction: Direction,
+        mode: AttachMode,
+    ) -> Result<()> {
+        self.links
+            .attach(&mut self.ebpf, tag, iface, direction, mode)
+    }
+
+    /// Detaches group `tag` (from its namespace, for a netlink attachment).
+    pub fn detach_tag(&mut self, tag: u32) -> Result<()> {
+        self.links.detach_tag(&mut self.ebpf, tag)
     }
 
     /// Detaches every attachment, reporting the first failure after trying them all.
