@@ -17,6 +17,7 @@ pub mod experiment;
 pub mod guard;
 pub mod host;
 pub mod injector;
+pub mod k8s;
 pub mod netns;
 pub mod plumbing;
 pub mod qdisc;

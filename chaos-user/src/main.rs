@@ -30,6 +30,9 @@ enum Command {
     Completions {
         shell: clap_complete::Shell,
     },
+    /// Print the NetworkFault CustomResourceDefinition (YAML) for `kubectl apply -f -`; the same
+    /// as deploy/crd.yaml.
+    Crd,
     /// Write man pages (chaos.1, chaos-run.1, ...) into DIR.
     Man {
         #[arg(value_name = "DIR")]
@@ -57,6 +60,10 @@ fn main() -> ExitCode {
         Command::Ctl(ctl) => cmd::ctl::run(ctl),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "chaos", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Crd => {
+            print!("{}", chaos_user::k8s::crd::crd_yaml());
             Ok(())
         }
         Command::Man { dir } => clap_mangen::generate_to(Cli::command(), &dir)

@@ -596,7 +596,10 @@ fn vm_delay_on_a_container_measured_from_outside() {
         "container delay=50ms: ping p0 {:.1} p50 {slow_p50:.1} ms; other container p50 {fast_p50:.1} ms",
         percentile_of(&mut slow, 0.0)
     );
-    assert!(percentile_of(&mut slow, 0.0) >= 45.0, "every reply held: {slow:?}");
+    assert!(
+        percentile_of(&mut slow, 0.0) >= 45.0,
+        "every reply held: {slow:?}"
+    );
     assert!(slow_p50 < 70.0, "held about 50 ms: {slow:?}");
     assert!(fast_p50 < 20.0, "the other container untouched: {fast:?}");
 }
@@ -650,9 +653,16 @@ fn vm_daemon_delays_every_container_a_glob_matches() {
     for (min, _) in &slow {
         assert!(*min >= 45.0, "every exchange held: {slow:?}");
     }
-    assert!(fast.1 < 40.0, "the container not matched is untouched: {fast:?}");
+    assert!(
+        fast.1 < 40.0,
+        "the container not matched is untouched: {fast:?}"
+    );
     let view = d.ctl(&["get", "slow", "--output", "json"]);
-    assert!(view.stdout.matches("\"attached\"").count() == 2, "{}", view.stdout);
+    assert!(
+        view.stdout.matches("\"attached\"").count() == 2,
+        "{}",
+        view.stdout
+    );
     let delete = d.ctl(&["delete", "slow"]);
     assert_eq!(delete.code, Some(0), "{}", delete.stderr);
     assert!(p50(&matched[0].ip).1 < 40.0, "deleted: the delay is gone");

@@ -60,6 +60,25 @@ pub struct DaemonArgs {
     /// third of it): faults never outlive a killed or frozen daemon. At least 100ms.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = duration::flag(Bounds::LEASE))]
     pub lease: std::time::Duration,
+
+    /// Serve GET /metrics alone (no token, read-only) on this TCP address, for Prometheus.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Also act as the Kubernetes node agent: apply the NetworkFault resources (chaos.dev/v1alpha1)
+    /// to the pods they pick on this node, through the node's CRI runtime, and write each
+    /// resource's status and Events. Uses the in-cluster service account (or KUBECONFIG).
+    #[arg(long)]
+    pub kubernetes: bool,
+
+    /// This node's name, as Kubernetes knows it (the DaemonSet passes spec.nodeName).
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "NODE_NAME",
+        required_if_eq("kubernetes", "true")
+    )]
+    pub node_name: Option<String>,
 }
 
 const DAEMON_HELP: &str = "\
@@ -173,6 +192,35 @@ async fn serve(
         }
         None => None,
     };
+    let metrics = match args.metrics_listen {
+        Some(addr) => {
+            let tcp = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| InputError(format!("--metrics-listen {addr}: {e}")))?;
+            Some(tokio::spawn(
+                axum::serve(tcp, api::metrics_router(manager.clone())).into_future(),
+            ))
+        }
+        None => None,
+    };
+    let agent = match (args.kubernetes, &args.node_name) {
+        (true, Some(node)) => {
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| InputError(format!("--kubernetes: no cluster to talk to: {e}")))?;
+            let config = crate::k8s::agent::Config {
+                node: node.clone(),
+                max_duration: args.max_duration,
+            };
+            let manager = manager.clone();
+            Some(tokio::spawn(async move {
+                if let Err(e) = crate::k8s::agent::run(client, manager, config).await {
+                    error!("the kubernetes agent stopped: {e:#}");
+                }
+            }))
+        }
+        _ => None,
+    };
     // Scripts and tests wait for this line: the API answers once it is printed.
     eprintln!("chaos: daemon listening on {}", args.socket.display());
     loop {
@@ -184,8 +232,11 @@ async fn serve(
     }
     info!("stopping: restoring every interface");
     unix.abort();
-    if let Some(tcp) = tcp {
-        tcp.abort();
+    for task in [tcp, metrics].into_iter().flatten() {
+        task.abort();
+    }
+    if let Some(agent) = agent {
+        agent.abort();
     }
     manager.shutdown().await;
     if let Err(e) = std::fs::remove_file(&args.socket) {
@@ -213,12 +264,7 @@ async fn reload(manager: &Arc<Manager>, config: Option<&Path>) {
 }
 
 fn describe(e: &ApiError) -> String {
-    match e {
-        ApiError::Invalid(e) => e.to_string(),
-        ApiError::NotFound(n) => format!("no experiment named '{n}'"),
-        ApiError::Conflict(n) => format!("'{n}' is already an API experiment"),
-        ApiError::Internal(m) => m.clone(),
-    }
+    e.to_string()
 }
 
 /// Binds the API socket, root-only from the first moment (umask), after making sure no other

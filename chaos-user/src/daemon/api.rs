@@ -58,6 +58,19 @@ pub fn router(manager: Arc<Manager>, token: Option<String>) -> Router {
     }
 }
 
+/// `/metrics` alone, read-only and without a token: for a Prometheus scraping the node agent.
+pub fn metrics_router(manager: Arc<Manager>) -> Router {
+    let app = App {
+        manager,
+        started: std::time::SystemTime::now(),
+    };
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(no_such_path)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(app)
+}
+
 async fn bearer(token: &str, req: Request, next: Next) -> Response {
     let given = req
         .headers()
@@ -340,6 +353,36 @@ async fn metrics(State(app): State<App>) -> Result<Response, ApiError> {
             ];
             failed.get_or_create(&labels).set(1);
         }
+    }
+    // Per workload and per phase: what a dashboard groups faults by.
+    let targets = Family::<Labels, Gauge>::default();
+    registry.register(
+        "chaos_target_attached",
+        "1 for each workload an experiment's target resolved to and attached (0: refused)",
+        targets.clone(),
+    );
+    let phases = Family::<Labels, Gauge>::default();
+    registry.register(
+        "chaos_experiments_by_phase",
+        "Experiments held, by phase",
+        phases.clone(),
+    );
+    for v in &views {
+        for t in &v.targets {
+            let labels: Labels = vec![
+                ("experiment".into(), v.spec.name.clone()),
+                ("workload".into(), t.workload.clone()),
+                ("iface".into(), t.iface.clone()),
+            ];
+            targets
+                .get_or_create(&labels)
+                .set(i64::from(t.state == "attached"));
+        }
+        let phase = serde_json::to_value(v.phase)
+            .ok()
+            .and_then(|p| p.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        phases.get_or_create(&vec![("phase".into(), phase)]).inc();
     }
     let gauge = |registry: &mut Registry, name: &str, help: &str, value: i64| {
         let g = Gauge::<i64>::default();

@@ -36,12 +36,25 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Invalid(e) => write!(f, "{e}"),
+            Self::NotFound(n) => write!(f, "no experiment named '{n}'"),
+            Self::Conflict(n) => write!(f, "'{n}' is already an API experiment"),
+            Self::Internal(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Where an experiment came from: the config file owns its own, and a reload replaces them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     Api,
     Config,
+    /// The node agent's, from `NetworkFault` resources (`chaos daemon --kubernetes`).
+    Kubernetes,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
