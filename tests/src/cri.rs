@@ -183,6 +183,7 @@ state = "{root}/state"
                 "type": "bridge",
                 "bridge": self.bridge,
                 "isGateway": true,
+                "isDefaultGateway": true,
                 "ipMasq": false,
                 "ipam": {
                     "type": "host-local",

@@ -353,7 +353,9 @@ struct Workloads {
     /// Attached, by key: the workload (its namespace held open) and its interface.
     members: BTreeMap<String, (Resolved, String)>,
     /// Matches not attached, by key: what and why.
-    refused: BTreeMap<String, (Resolved, String)>,
+    /// A refusal that may clear up (an attachment that failed, a workload not yet routed) is
+    /// tried again at the next look; host networking is not.
+    refused: BTreeMap<String, (Resolved, String, bool)>,
     looked: Option<std::time::Instant>,
 }
 
@@ -377,7 +379,7 @@ impl Workloads {
         for key in &gone {
             self.release(injector, key);
         }
-        self.refused.retain(|_, (r, _)| !r.is_gone());
+        self.refused.retain(|_, (r, _, _)| !r.is_gone());
         if !self.selector {
             return if gone.is_empty() {
                 Followed::Ok
@@ -409,7 +411,8 @@ impl Workloads {
         for key in &stale {
             self.release(injector, key);
         }
-        self.refused.retain(|k, _| keys.contains(k));
+        self.refused
+            .retain(|k, (_, _, retry)| keys.contains(k) && !*retry);
         for r in found {
             if self.members.contains_key(&r.key) || self.refused.contains_key(&r.key) {
                 continue;
@@ -457,8 +460,11 @@ impl Workloads {
                 Ok(())
             }
             Err(e) => {
-                self.refused
-                    .insert(found.key.clone(), (found, format!("refused: {}", e.1)));
+                let retry = !(found.host_network && !self.force);
+                self.refused.insert(
+                    found.key.clone(),
+                    (found, format!("refused: {}", e.1), retry),
+                );
                 Err(e)
             }
         }
@@ -480,7 +486,7 @@ impl Workloads {
             iface: iface.clone(),
             state: "attached".to_owned(),
         });
-        let refused = self.refused.values().map(|(r, why)| TargetView {
+        let refused = self.refused.values().map(|(r, why, _)| TargetView {
             workload: r.description.clone(),
             netns: r.netns_path.display().to_string(),
             iface: String::new(),

@@ -51,21 +51,22 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What the agent needs of the node: the daemon's experiments.
 pub trait Node: Send + Sync {
-    /// The agent's experiments now (names starting with [`PREFIX`]).
-    fn list(&self) -> BoxFuture<'_, Vec<ExperimentSpec>>;
+    /// The agent's experiments now (names starting with [`PREFIX`]), each with whether it
+    /// failed (its pod's sandbox went: it is applied again, to find the new one).
+    fn list(&self) -> BoxFuture<'_, Vec<(ExperimentSpec, bool)>>;
     fn put(&self, spec: ExperimentSpec) -> BoxFuture<'_, Result<(), String>>;
     fn delete(&self, name: String) -> BoxFuture<'_, Result<(), String>>;
 }
 
 impl Node for Arc<Manager> {
-    fn list(&self) -> BoxFuture<'_, Vec<ExperimentSpec>> {
+    fn list(&self) -> BoxFuture<'_, Vec<(ExperimentSpec, bool)>> {
         Box::pin(async move {
             Manager::list(self)
                 .await
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|v| v.spec.name.starts_with(PREFIX))
-                .map(|v| v.spec)
+                .map(|v| (v.spec, v.phase == crate::daemon::state::Phase::Failed))
                 .collect()
         })
     }
@@ -154,12 +155,12 @@ impl<N: Node> Agent<N> {
             }
             parts.push((fault.clone(), part));
         }
-        let actual: BTreeMap<String, ExperimentSpec> = self
+        let actual: BTreeMap<String, (ExperimentSpec, bool)> = self
             .node
             .list()
             .await
             .into_iter()
-            .map(|s| (s.name.clone(), s))
+            .map(|(s, failed)| (s.name.clone(), (s, failed)))
             .collect();
         for name in actual.keys().filter(|n| !desired.contains_key(*n)) {
             match self.node.delete(name.clone()).await {
@@ -169,7 +170,10 @@ impl<N: Node> Agent<N> {
         }
         let mut failed: BTreeMap<String, String> = BTreeMap::new();
         for (name, spec) in &desired {
-            if actual.get(name).is_some_and(|a| same(a, spec)) {
+            if actual
+                .get(name)
+                .is_some_and(|(a, failed)| !failed && same(a, spec))
+            {
                 continue;
             }
             if let Err(e) = self.node.put(spec.clone()).await {
@@ -397,8 +401,8 @@ fn same(a: &ExperimentSpec, b: &ExperimentSpec) -> bool {
     }
 }
 
-/// `k8s-<resource name>-<resource UID>-<pod UID>`, shortened to a valid experiment name (at
-/// most 63 characters): a restarted pod (a new UID) is a new experiment.
+/// `k8s-<resource name>-<hash of its UID>-<hash of the pod's UID>`, a valid experiment name
+/// (at most 63 characters): a restarted pod (a new UID) is a new experiment.
 pub fn experiment_name(fault: &str, fault_uid: &str, pod_uid: &str) -> String {
     let clean = |s: &str, n: usize| -> String {
         s.chars()
@@ -414,11 +418,17 @@ pub fn experiment_name(fault: &str, fault_uid: &str, pod_uid: &str) -> String {
             .trim_matches('-')
             .to_owned()
     };
+    let hash = |s: &str| {
+        let h = s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        format!("{:08x}", h as u32)
+    };
     format!(
         "{PREFIX}{}-{}-{}",
         clean(fault, 30),
-        clean(&fault_uid.replace('-', ""), 8),
-        clean(&pod_uid.replace('-', ""), 8)
+        hash(fault_uid),
+        hash(pod_uid)
     )
 }
 

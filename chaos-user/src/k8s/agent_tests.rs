@@ -22,8 +22,14 @@ struct FakeNode {
 }
 
 impl Node for FakeNode {
-    fn list(&self) -> BoxFuture<'_, Vec<ExperimentSpec>> {
-        let all = self.experiments.lock().unwrap().values().cloned().collect();
+    fn list(&self) -> BoxFuture<'_, Vec<(ExperimentSpec, bool)>> {
+        let all = self
+            .experiments
+            .lock()
+            .unwrap()
+            .values()
+            .map(|s| (s.clone(), false))
+            .collect();
         Box::pin(async move { all })
     }
 
@@ -152,8 +158,10 @@ async fn a_new_resource_faults_this_nodes_pods_and_says_so() {
         .next()
         .unwrap()
         .clone();
-    assert!(
-        spec.name.starts_with("k8s-slow-cart-fuid1-u"),
+    assert!(spec.name.starts_with("k8s-slow-cart-"), "{}", spec.name);
+    assert_eq!(
+        spec.name.len(),
+        "k8s-slow-cart-".len() + 17,
         "{}",
         spec.name
     );
