@@ -34,9 +34,16 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "containerd",
     "protobuf-compiler",
+    // `cargo xtask image` checks that the binary it puts in a `FROM scratch` image is static.
+    "file",
 ];
 /// The OpenAPI fuzzer `tests/tests/openapi.rs` drives the daemon's API with, from PyPI.
 const SCHEMATHESIS_VERSION: &str = "4.32.5";
+/// The manifest test `tests/tests/deploy.rs` checks `deploy/` with, offline, against every
+/// Kubernetes version it carries schemas for (this release: 1.25 to 1.37); jsonschema checks
+/// the example resources against the CRD's own schema.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+const JSONSCHEMA_VERSION: &str = "4.26.0";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// LLVM majors bpf-linker 0.13 has a feature for.
 const LLVM_MAJORS: std::ops::RangeInclusive<u32> = 21..=23;
@@ -48,6 +55,7 @@ pub fn run(root: &Path) -> Result<OsString> {
     stable_components()?;
     let linker_dir = bpf_linker(root)?;
     schemathesis(root)?;
+    manifest_validators(root)?;
     vm_kernel(root)?;
     let mut path = OsString::from(linker_dir);
     if let Some(old) = std::env::var_os("PATH") {
@@ -292,6 +300,46 @@ fn schemathesis(root: &Path) -> Result<()> {
     if !works(&bin) {
         bail!(
             "schemathesis was installed but does not run; see {}",
+            venv.display()
+        );
+    }
+    Ok(())
+}
+
+/// kubernetes-validate and jsonschema in the same venv as schemathesis (made by [`schemathesis`]).
+fn manifest_validators(root: &Path) -> Result<()> {
+    let venv = root.join(".tools/venv");
+    let installed = |package: &str, version: &str| {
+        Command::new(venv.join("bin/python"))
+            .args([
+                "-c",
+                &format!("import importlib.metadata as m; print(m.version('{package}'))"),
+            ])
+            .output()
+            .is_ok_and(|o| {
+                o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == version
+            })
+    };
+    let wanted = [
+        ("kubernetes-validate", KUBERNETES_VALIDATE_VERSION),
+        ("jsonschema", JSONSCHEMA_VERSION),
+    ];
+    if wanted.iter().all(|(p, v)| installed(p, v)) {
+        return Ok(());
+    }
+    step(&format!(
+        "installing kubernetes-validate {KUBERNETES_VALIDATE_VERSION} and jsonschema \
+         {JSONSCHEMA_VERSION} into {} (pip, ~10 s, once)",
+        venv.display()
+    ));
+    exec(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(wanted.iter().map(|(p, v)| format!("{p}=={v}"))),
+    )?;
+    if let Some((p, _)) = wanted.iter().find(|(p, v)| !installed(p, v)) {
+        bail!(
+            "{p} was installed but cannot be found; see {}",
             venv.display()
         );
     }

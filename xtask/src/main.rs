@@ -1,8 +1,10 @@
-//! Project tasks: `cargo xtask bootstrap | build | test | demo | bench`. Each installs what it needs
-//! first, so a fresh machine needs nothing but this checkout and the Rust toolchains.
+//! Project tasks: `cargo xtask bootstrap | build | test | demo | bench | image`. Each installs
+//! what it needs first, so a fresh machine needs nothing but this checkout and the Rust
+//! toolchains.
 
 mod bootstrap;
 mod demo;
+mod image;
 
 use std::{
     path::{Path, PathBuf},
@@ -31,6 +33,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Bootstrap, build a static chaos and the agent's image localhost/chaos:VERSION (podman,
+    /// or docker) from deploy/Containerfile.
+    Image,
     /// Build, then show chaos dropping packets to one port of one host in a sandbox.
     Demo,
     /// Bootstrap, build (release), then measure cost, scale, fidelity and kernel memory against
@@ -55,6 +60,7 @@ fn main() -> Result<()> {
             demo::run(&env)
         }
         Task::Bench { args } => bench(&root, &args),
+        Task::Image => image::run(&root),
     }
 }
 

@@ -460,7 +460,7 @@ impl Workloads {
                 Ok(())
             }
             Err(e) => {
-                let retry = !(found.host_network && !self.force);
+                let retry = !found.host_network || self.force;
                 self.refused.insert(
                     found.key.clone(),
                     (found, format!("refused: {}", e.1), retry),

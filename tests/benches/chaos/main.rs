@@ -22,6 +22,7 @@ mod proxy;
 mod report;
 mod scale;
 mod stats;
+mod targets;
 mod vm;
 
 use std::{path::PathBuf, time::Instant};
@@ -52,6 +53,7 @@ const SECTIONS: &[(&str, SectionFn)] = &[
     ("vm", vm::run),
     ("control", control::run),
     ("memory", memory::run),
+    ("targets", targets::run),
 ];
 
 fn main() {

@@ -66,17 +66,19 @@ struct MapEntry {
 
 /// What one process holds in the kernel, each map and program counted once.
 #[derive(Debug, Default, PartialEq)]
-struct Snapshot {
+pub struct Snapshot {
     /// By map id.
     maps: BTreeMap<u32, MapEntry>,
     /// Program id → memlock, `None` while only a link's descriptor names the program (a
     /// link's fdinfo has `prog_id` but no `memlock`).
     progs: BTreeMap<u32, Option<u64>>,
+    /// Link ids (a TCX attachment is one): the kernel charges them no memlock.
+    pub links: std::collections::BTreeSet<u32>,
 }
 
 impl Snapshot {
     /// Reads `/proc/PID/fdinfo` of every open descriptor of `pid`.
-    fn of(pid: i32) -> Self {
+    pub fn of(pid: i32) -> Self {
         let dir = format!("/proc/{pid}/fd");
         let mut snap = Self::default();
         let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}"));
@@ -123,6 +125,9 @@ impl Snapshot {
                 };
                 snap.maps.insert(id, entry);
             } else if let Some(id) = get("prog_id") {
+                if let Some(link) = get("link_id") {
+                    snap.links.insert(link as u32);
+                }
                 let held = snap.progs.entry(id as u32).or_default();
                 if get("link_id").is_none() {
                     *held = Some(memlock);
@@ -134,7 +139,7 @@ impl Snapshot {
 
     /// Waits until two readings 300 ms apart agree (the daemon attaches on worker threads),
     /// for at most 20 s.
-    fn settled(pid: i32) -> Self {
+    pub fn settled(pid: i32) -> Self {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut last = Self::of(pid);
         loop {
@@ -147,12 +152,20 @@ impl Snapshot {
         }
     }
 
-    fn map_bytes(&self) -> u64 {
+    pub fn map_count(&self) -> usize {
+        self.maps.len()
+    }
+
+    pub fn prog_count(&self) -> usize {
+        self.progs.len()
+    }
+
+    pub fn map_bytes(&self) -> u64 {
         self.maps.values().map(|m| m.memlock).sum()
     }
 
     /// `None` when some program is held through a link only, so its memlock is not in sight.
-    fn prog_bytes(&self) -> Option<u64> {
+    pub fn prog_bytes(&self) -> Option<u64> {
         self.progs.values().copied().sum()
     }
 
