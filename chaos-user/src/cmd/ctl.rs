@@ -49,6 +49,19 @@ pub enum Ctl {
     Pause(Conn),
     /// Restart the faults after a pause.
     Resume(Conn),
+    /// End every experiment at once, whoever owns it, and refuse new ones until `chaos unhalt`.
+    Halt {
+        /// Why, for the audit trail and `chaos status`.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Accept experiments again after `chaos halt`.
+    Unhalt(Conn),
+    /// The audit trail: every change, who asked (uid from the socket's peer credentials, or the
+    /// token), when, what and why; the daemon keeps the last 1,000 (`--audit-log` keeps all).
+    History(Conn),
     /// The daemon's state and every experiment's counters.
     Status {
         /// Redraw every second until Ctrl-C.
@@ -168,6 +181,29 @@ async fn dispatch(command: Ctl) -> Result<()> {
                 "paused: every fault is off until `chaos resume`\n".into()
             })
         }
+        Ctl::Halt { reason, conn } => {
+            let body = json!({ "reason": reason });
+            let s = Client::new(&conn.socket)
+                .call(Method::POST, "/v1/halt", Some(&body))
+                .await?;
+            print(&conn, &s, || {
+                "halted: every experiment ended; none is accepted until `chaos unhalt`\n".into()
+            })
+        }
+        Ctl::Unhalt(conn) => {
+            let s = Client::new(&conn.socket)
+                .call(Method::POST, "/v1/unhalt", None)
+                .await?;
+            print(&conn, &s, || {
+                "unhalted: experiments are accepted again\n".into()
+            })
+        }
+        Ctl::History(conn) => {
+            let h = Client::new(&conn.socket)
+                .call(Method::GET, "/v1/history", None)
+                .await?;
+            print(&conn, &h, || history_table(&h))
+        }
         Ctl::Resume(conn) => {
             let s = Client::new(&conn.socket)
                 .call(Method::POST, "/v1/resume", None)
@@ -234,8 +270,11 @@ async fn status(conn: &Conn, watch: bool) -> Result<()> {
         if conn.output == Output::Json {
             println!("{}", json!({ "status": status, "experiments": list }));
         } else {
+            let halted = status["halted"]
+                .as_str()
+                .map_or(String::new(), |why| format!("HALTED ({why})   "));
             let text = format!(
-                "paused: {}   experiments: {}   interfaces: {}\n{}",
+                "{halted}paused: {}   experiments: {}   interfaces: {}\n{}",
                 status["paused"],
                 status["experiments"],
                 status["interfaces"]
@@ -274,6 +313,32 @@ fn print(conn: &Conn, value: &Value, text: impl FnOnce() -> String) -> Result<()
     };
     std::io::stdout().write_all(out.as_bytes())?;
     Ok(())
+}
+
+fn history_table(history: &Value) -> String {
+    let mut out = format!(
+        "{:<24} {:<12} {:<8} {:<24} {}\n",
+        "TIME", "WHO", "ACTION", "EXPERIMENT", "WHAT / WHY"
+    );
+    for r in history.as_array().into_iter().flatten() {
+        let field = |k: &str| r[k].as_str().unwrap_or("").to_owned();
+        let mut what = field("what");
+        if let Some(why) = r["why"].as_str() {
+            what = if what.is_empty() {
+                format!("({why})")
+            } else {
+                format!("{what} ({why})")
+            };
+        }
+        out.push_str(&format!(
+            "{:<24} {:<12} {:<8} {:<24} {what}\n",
+            field("time"),
+            field("who"),
+            field("action"),
+            field("experiment"),
+        ));
+    }
+    out
 }
 
 fn sum(view: &Value, field: &str) -> u64 {

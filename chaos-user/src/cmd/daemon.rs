@@ -61,6 +61,11 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = duration::flag(Bounds::LEASE))]
     pub lease: std::time::Duration,
 
+    /// Append every change (create, update, delete, start, end, halt, ...) with who asked, as
+    /// JSON lines, to this file (created mode 0600). `chaos history` shows the recent ones.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+
     /// Serve GET /metrics alone (no token, read-only) on this TCP address, for Prometheus.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
@@ -167,11 +172,19 @@ async fn serve(
         }
         Err(e) => error!("looking for leftovers of an earlier chaos: {e}"),
     }
-    let manager = Manager::new(Policy {
-        lease: args.lease,
-        guard,
-        max_duration: args.max_duration,
-    });
+    let audit = match &args.audit_log {
+        Some(path) => crate::daemon::audit::Audit::to_file(path)
+            .map_err(|e| InputError(format!("--audit-log {}: {e}", path.display())))?,
+        None => crate::daemon::audit::Audit::default(),
+    };
+    let manager = Manager::with_audit(
+        Policy {
+            lease: args.lease,
+            guard,
+            max_duration: args.max_duration,
+        },
+        audit,
+    );
     if let Some(specs) = initial
         && let Err(e) = manager.replace_config(specs).await
     {
@@ -179,15 +192,25 @@ async fn serve(
         return Err(InputError(format!("--config: {}", describe(&e))).into());
     }
     let listener = bind_socket(&args.socket)?;
-    let unix =
-        tokio::spawn(axum::serve(listener, api::router(manager.clone(), None)).into_future());
+    let unix = tokio::spawn(
+        axum::serve(
+            listener,
+            api::router(manager.clone(), None).into_make_service_with_connect_info::<api::Peer>(),
+        )
+        .into_future(),
+    );
     let tcp = match args.listen {
         Some(addr) => {
             let tcp = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| InputError(format!("--listen {addr}: {e}")))?;
             Some(tokio::spawn(
-                axum::serve(tcp, api::router(manager.clone(), token)).into_future(),
+                axum::serve(
+                    tcp,
+                    api::router(manager.clone(), token)
+                        .into_make_service_with_connect_info::<api::Peer>(),
+                )
+                .into_future(),
             ))
         }
         None => None,

@@ -23,6 +23,53 @@ use serde_json::json;
 use super::state::{ApiError, Manager, Source};
 use crate::experiment::{ExperimentError, ExperimentSpec};
 
+/// Who is on the other end of an API connection, for the audit trail.
+#[derive(Clone, Debug)]
+pub struct Peer(String);
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
+    > for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        // The kernel's word for the client's uid (SO_PEERCRED), not the client's.
+        Self(match stream.io().peer_cred() {
+            Ok(cred) => format!("uid {}", cred.uid()),
+            Err(_) => "uid ?".to_owned(),
+        })
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for Peer
+{
+    fn connect_info(_: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        // Every request on TCP carries the bearer token (the middleware checks it).
+        Self("token".to_owned())
+    }
+}
+
+/// The caller of a request: its connection's [`Peer`] (`unknown` without connection info, as in
+/// tests that call the router directly).
+struct Who(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Who {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<Peer>>()
+            .map_or_else(|| "unknown".to_owned(), |c| c.0.0.clone());
+        Ok(Self(peer))
+    }
+}
+
 #[derive(Clone)]
 struct App {
     manager: Arc<Manager>,
@@ -44,6 +91,9 @@ pub fn router(manager: Arc<Manager>, token: Option<String>) -> Router {
         .route("/v1/pause", post(pause))
         .route("/v1/resume", post(resume))
         .route("/v1/status", get(status))
+        .route("/v1/halt", post(halt))
+        .route("/v1/unhalt", post(unhalt))
+        .route("/v1/history", get(history))
         .route("/metrics", get(metrics))
         // Every answer is JSON as documented, also for a path or method the API does not serve.
         .fallback(no_such_path)
@@ -148,6 +198,7 @@ impl IntoResponse for ApiError {
                 &format!("an experiment named '{name}' exists (PUT replaces it)"),
             ),
             ApiError::Internal(message) => error(StatusCode::INTERNAL_SERVER_ERROR, "", &message),
+            halted @ ApiError::Halted(_) => error(StatusCode::CONFLICT, "", &halted.to_string()),
         }
     }
 }
@@ -169,18 +220,20 @@ async fn list(State(app): State<App>) -> Result<Response, ApiError> {
 
 async fn create(
     State(app): State<App>,
+    Who(who): Who,
     body: Result<Json<ExperimentSpec>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(spec) = match body {
         Ok(b) => b,
         Err(r) => return Ok(bad_body(r)),
     };
-    let (_, view) = app.manager.put(spec, Source::Api, false).await?;
+    let (_, view) = app.manager.put(spec, Source::Api, false, &who).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 async fn replace(
     State(app): State<App>,
+    Who(who): Who,
     name: Result<Path<String>, PathRejection>,
     body: Result<Json<ExperimentSpec>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -200,7 +253,7 @@ async fn replace(
     }
     // Answered from the state this change produced: a delete right after it cannot turn an
     // applied change into a 404.
-    let (created, view) = app.manager.put(spec, Source::Api, true).await?;
+    let (created, view) = app.manager.put(spec, Source::Api, true, &who).await?;
     let code = if created {
         StatusCode::CREATED
     } else {
@@ -222,24 +275,74 @@ async fn fetch(
 
 async fn remove(
     State(app): State<App>,
+    Who(who): Who,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(name) = match name {
         Ok(n) => n,
         Err(r) => return Ok(bad_path(r)),
     };
-    app.manager.delete(&name).await?;
+    app.manager.delete(&name, &who).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn pause(State(app): State<App>) -> Result<Response, ApiError> {
-    app.manager.set_paused(true).await?;
+async fn pause(State(app): State<App>, Who(who): Who) -> Result<Response, ApiError> {
+    app.manager.set_paused(true, &who).await?;
     Ok(Json(app.manager.status().await).into_response())
 }
 
-async fn resume(State(app): State<App>) -> Result<Response, ApiError> {
-    app.manager.set_paused(false).await?;
+async fn resume(State(app): State<App>, Who(who): Who) -> Result<Response, ApiError> {
+    app.manager.set_paused(false, &who).await?;
     Ok(Json(app.manager.status().await).into_response())
+}
+
+/// Why a halt was asked for (the body is optional).
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HaltBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn halt(
+    State(app): State<App>,
+    Who(who): Who,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    // The body is optional: none, or `{"reason": "..."}`.
+    let given = if body.iter().all(u8::is_ascii_whitespace) {
+        HaltBody::default()
+    } else {
+        match serde_json::from_slice::<HaltBody>(&body) {
+            Ok(b) => b,
+            Err(e) => return Ok(error(StatusCode::BAD_REQUEST, "reason", &e.to_string())),
+        }
+    };
+    if given
+        .reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > 1024)
+    {
+        return Err(ApiError::Invalid(ExperimentError::new(
+            "reason",
+            "at most 1024 characters",
+        )));
+    }
+    let reason = given
+        .reason
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| format!("halted by {who}"));
+    app.manager.halt(&who, &reason).await?;
+    Ok(Json(app.manager.status().await).into_response())
+}
+
+async fn unhalt(State(app): State<App>, Who(who): Who) -> Response {
+    app.manager.unhalt(&who).await;
+    Json(app.manager.status().await).into_response()
+}
+
+async fn history(State(app): State<App>) -> Response {
+    Json(app.manager.history()).into_response()
 }
 
 async fn status(State(app): State<App>) -> Response {
@@ -390,6 +493,12 @@ async fn metrics(State(app): State<App>) -> Result<Response, ApiError> {
         registry.register(name, help, g);
     };
     gauge(&mut registry, "chaos_up", "1 while the daemon serves", 1);
+    gauge(
+        &mut registry,
+        "chaos_halted",
+        "1 while the daemon is halted (chaos halt): no experiment is accepted",
+        i64::from(status.halted.is_some()),
+    );
     gauge(
         &mut registry,
         "chaos_paused",

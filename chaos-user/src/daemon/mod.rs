@@ -2,5 +2,6 @@
 //! HTTP API or a config file.
 
 pub mod api;
+pub mod audit;
 pub mod state;
 pub mod worker;

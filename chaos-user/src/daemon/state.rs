@@ -15,7 +15,10 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use super::worker::{Port, Ports, Target, TargetView, Workers};
+use super::{
+    audit::Audit,
+    worker::{Port, Ports, Target, TargetView, Workers},
+};
 use crate::{
     experiment::{Experiment, ExperimentError, ExperimentSpec, MAX_EXPERIMENTS},
     guard::Guard,
@@ -34,6 +37,8 @@ pub enum ApiError {
     Conflict(String),
     /// Something went wrong on the daemon's side: 500.
     Internal(String),
+    /// The daemon is halted (`chaos halt`): no experiment until `chaos unhalt`: 409.
+    Halted(String),
 }
 
 impl std::fmt::Display for ApiError {
@@ -43,6 +48,10 @@ impl std::fmt::Display for ApiError {
             Self::NotFound(n) => write!(f, "no experiment named '{n}'"),
             Self::Conflict(n) => write!(f, "'{n}' is already an API experiment"),
             Self::Internal(m) => f.write_str(m),
+            Self::Halted(why) => write!(
+                f,
+                "the daemon is halted ({why}): no experiment is accepted until `chaos unhalt`"
+            ),
         }
     }
 }
@@ -115,6 +124,8 @@ struct State {
     experiments: BTreeMap<String, Entry>,
     targets: BTreeMap<Target, TargetState>,
     paused: bool,
+    /// Why everything was halted (`chaos halt`), until unhalted.
+    halted: Option<String>,
     next_seq: u64,
     next_epoch: u64,
 }
@@ -145,6 +156,9 @@ pub struct ExperimentView {
 #[derive(Clone, Debug, Serialize)]
 pub struct StatusView {
     pub paused: bool,
+    /// Why the daemon is halted (absent when it is not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub halted: Option<String>,
     pub experiments: usize,
     pub interfaces: Vec<String>,
 }
@@ -164,24 +178,40 @@ pub struct Manager {
     state: Mutex<State>,
     policy: Policy,
     ports: Box<dyn Ports>,
+    audit: Audit,
 }
 
 impl Manager {
     /// A manager whose interfaces are real: a worker thread each.
     pub fn new(policy: Policy) -> Arc<Self> {
+        Self::with_audit(policy, Audit::default())
+    }
+
+    /// As [`Manager::new`], recording every change in `audit`.
+    pub fn with_audit(policy: Policy, audit: Audit) -> Arc<Self> {
         let ports = Workers {
             lease: policy.lease,
         };
-        Self::with_ports(policy, Box::new(ports))
+        Self::build(policy, Box::new(ports), audit)
     }
 
     /// A manager whose interfaces are `ports`.
     pub fn with_ports(policy: Policy, ports: Box<dyn Ports>) -> Arc<Self> {
+        Self::build(policy, ports, Audit::default())
+    }
+
+    fn build(policy: Policy, ports: Box<dyn Ports>, audit: Audit) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State::default()),
             policy,
             ports,
+            audit,
         })
+    }
+
+    /// The audit trail's records kept in memory, oldest first.
+    pub fn history(&self) -> Vec<super::audit::Record> {
+        self.audit.recent()
     }
 
     /// Validates `spec` and applies the daemon's policy: guard rails and the duration cap.
@@ -216,9 +246,13 @@ impl Manager {
         spec: ExperimentSpec,
         source: Source,
         replace: bool,
+        who: &str,
     ) -> Result<(bool, ExperimentView), ApiError> {
         let experiment = self.admit(spec).map_err(ApiError::Invalid)?;
         let mut state = self.state.lock().await;
+        if let Some(why) = &state.halted {
+            return Err(ApiError::Halted(why.clone()));
+        }
         let name = experiment.spec.name.clone();
         let old = state.experiments.get(&name);
         if old.is_some() && !replace {
@@ -269,12 +303,20 @@ impl Manager {
             self.schedule_start(&name, epoch, entry.experiment.start_delay);
         }
         info!(name, created, "experiment applied");
+        let action = if created { "create" } else { "update" };
+        self.audit.record(
+            who,
+            action,
+            Some(&name),
+            describe(&state.experiments[&name]),
+            None,
+        );
         Ok((created, view(&state, &name).await?))
     }
 
     /// Deletes an experiment: its faults stop at once. If the kernel refuses the rule set
     /// without it, it stays, shown as it still is in the kernel.
-    pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
+    pub async fn delete(&self, name: &str, who: &str) -> Result<(), ApiError> {
         let mut state = self.state.lock().await;
         let entry = state
             .experiments
@@ -289,6 +331,8 @@ impl Manager {
             return Err(e);
         }
         info!(name, "experiment deleted");
+        self.audit
+            .record(who, "delete", Some(name), describe(&entry), None);
         Ok(())
     }
 
@@ -304,6 +348,11 @@ impl Manager {
             .collect::<Result<Vec<_>, _>>()
             .map_err(ApiError::Invalid)?;
         let mut state = self.state.lock().await;
+        if let Some(why) = &state.halted
+            && !valid.is_empty()
+        {
+            return Err(ApiError::Halted(why.clone()));
+        }
         for e in &valid {
             if state
                 .experiments
@@ -361,7 +410,18 @@ impl Manager {
             }
             return Err(e);
         }
+        for (name, entry) in &saved {
+            self.audit
+                .record("config", "delete", Some(name), describe(entry), None);
+        }
         for name in fresh {
+            self.audit.record(
+                "config",
+                "create",
+                Some(&name),
+                describe(&state.experiments[&name]),
+                None,
+            );
             let entry = &state.experiments[&name];
             if entry.started {
                 self.start_clock(&mut state, &name);
@@ -373,7 +433,7 @@ impl Manager {
     }
 
     /// Stops (`paused`) or restarts every fault at once.
-    pub async fn set_paused(&self, paused: bool) -> Result<(), ApiError> {
+    pub async fn set_paused(&self, paused: bool, who: &str) -> Result<(), ApiError> {
         let mut state = self.state.lock().await;
         let was = state.paused;
         state.paused = paused;
@@ -383,7 +443,45 @@ impl Manager {
             return Err(e);
         }
         info!(paused, "pause state changed");
+        let action = if paused { "pause" } else { "resume" };
+        self.audit.record(who, action, None, String::new(), None);
         Ok(())
+    }
+
+    /// Ends every experiment at once, whoever owns it, and refuses new ones until
+    /// [`Manager::unhalt`]: the big red button.
+    pub async fn halt(&self, who: &str, why: &str) -> Result<(), ApiError> {
+        let mut state = self.state.lock().await;
+        state.halted = Some(why.to_owned());
+        let gone = std::mem::take(&mut state.experiments);
+        let all: BTreeSet<Target> = state.targets.keys().cloned().collect();
+        let result = self.sync(&mut state, &all).await;
+        let names: Vec<&str> = gone.keys().map(String::as_str).collect();
+        warn!(who, why, "halted: every experiment ended");
+        self.audit.record(
+            who,
+            "halt",
+            None,
+            format!(
+                "ended {}",
+                if names.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            ),
+            Some(why.to_owned()),
+        );
+        result
+    }
+
+    /// Accepts experiments again after a halt.
+    pub async fn unhalt(&self, who: &str) {
+        let mut state = self.state.lock().await;
+        if state.halted.take().is_some() {
+            info!(who, "unhalted");
+            self.audit.record(who, "unhalt", None, String::new(), None);
+        }
     }
 
     pub async fn list(&self) -> Result<Vec<ExperimentView>, ApiError> {
@@ -407,6 +505,7 @@ impl Manager {
         let state = self.state.lock().await;
         StatusView {
             paused: state.paused,
+            halted: state.halted.clone(),
             experiments: state.experiments.len(),
             interfaces: state.targets.keys().map(|t| t.to_string()).collect(),
         }
@@ -544,6 +643,8 @@ impl Manager {
         match self.sync(&mut state, &touched).await {
             Ok(()) => {
                 info!(name, "experiment started");
+                let what = describe(&state.experiments[name]);
+                self.audit.record("daemon", "start", Some(name), what, None);
                 self.start_clock(&mut state, name);
             }
             Err(e) => {
@@ -556,6 +657,13 @@ impl Manager {
                     other => format!("{other:?}"),
                 };
                 warn!(name, reason, "experiment failed to start");
+                self.audit.record(
+                    "daemon",
+                    "fail",
+                    Some(name),
+                    String::new(),
+                    Some(reason.clone()),
+                );
                 if let Some(entry) = state.experiments.get_mut(name) {
                     entry.failure = Some(reason);
                     entry.expires_at = None;
@@ -575,10 +683,30 @@ impl Manager {
         let entry = state.experiments.remove(name).expect("checked above");
         let touched = BTreeSet::from([entry.target()]);
         match self.sync(&mut state, &touched).await {
-            Ok(()) => info!(name, "experiment ended: its duration is over"),
+            Ok(()) => {
+                info!(name, "experiment ended: its duration is over");
+                self.audit.record(
+                    "daemon",
+                    "end",
+                    Some(name),
+                    describe(&entry),
+                    Some("its duration is over".into()),
+                );
+            }
             Err(e) => warn!(name, "ending: {e:?}"),
         }
     }
+}
+
+/// What an experiment does, for the audit trail: its place and its rules.
+fn describe(entry: &Entry) -> String {
+    let spec = &entry.experiment.spec;
+    let place = match (&spec.target, &spec.netns) {
+        (Some(t), _) => format!("target {t}"),
+        (None, Some(ns)) => format!("{} in netns {ns}", spec.iface),
+        (None, None) => spec.iface.clone(),
+    };
+    format!("{place}: {}", spec.rules.join(" | "))
 }
 
 async fn view(state: &State, name: &str) -> Result<ExperimentView, ApiError> {

@@ -137,7 +137,7 @@ fn texts(applied: &Applied) -> Vec<&str> {
 #[tokio::test]
 async fn precedence_is_priority_then_age_then_rule_order() {
     let (m, log) = manager();
-    let put = |s| m.put(s, Source::Api, false);
+    let put = |s| m.put(s, Source::Api, false, "uid 0");
     put(spec("a", "eth0", &["dport=1", "dport=2"], 0))
         .await
         .unwrap();
@@ -151,9 +151,14 @@ async fn precedence_is_priority_then_age_then_rule_order() {
     );
     assert_eq!(texts(&log.last("eth1")), ["dport=5"]);
     // Replacing keeps an experiment's age: a stays ahead of c.
-    m.put(spec("a", "eth0", &["dport=7"], 0), Source::Api, true)
-        .await
-        .unwrap();
+    m.put(
+        spec("a", "eth0", &["dport=7"], 0),
+        Source::Api,
+        true,
+        "uid 0",
+    )
+    .await
+    .unwrap();
     assert_eq!(texts(&log.last("eth0")), ["dport=3", "dport=7", "dport=4"]);
 }
 
@@ -164,15 +169,21 @@ async fn counter_slots_stay_with_their_rules_and_freed_ones_are_reused_zeroed() 
         spec("a", "eth0", &["dport=1", "dport=2"], 0),
         Source::Api,
         false,
+        "uid 0",
     )
     .await
     .unwrap();
     let (rules, fresh) = log.last("eth0");
     assert_eq!(rules, [("dport=1".into(), 0), ("dport=2".into(), 1)]);
     assert_eq!(fresh, [0, 1], "new rules' slots are zeroed");
-    m.put(spec("b", "eth0", &["dport=3"], 9), Source::Api, false)
-        .await
-        .unwrap();
+    m.put(
+        spec("b", "eth0", &["dport=3"], 9),
+        Source::Api,
+        false,
+        "uid 0",
+    )
+    .await
+    .unwrap();
     let (rules, fresh) = log.last("eth0");
     assert_eq!(
         rules,
@@ -184,10 +195,15 @@ async fn counter_slots_stay_with_their_rules_and_freed_ones_are_reused_zeroed() 
         "a's rules moved down a place and kept their slots"
     );
     assert_eq!(fresh, [2]);
-    m.delete("a").await.unwrap();
-    m.put(spec("c", "eth0", &["dport=4"], 0), Source::Api, false)
-        .await
-        .unwrap();
+    m.delete("a", "uid 0").await.unwrap();
+    m.put(
+        spec("c", "eth0", &["dport=4"], 0),
+        Source::Api,
+        false,
+        "uid 0",
+    )
+    .await
+    .unwrap();
     let (rules, fresh) = log.last("eth0");
     assert_eq!(rules, [("dport=3".into(), 2), ("dport=4".into(), 0)]);
     assert_eq!(fresh, [0], "a freed slot is reused, and zeroed first");
@@ -196,15 +212,21 @@ async fn counter_slots_stay_with_their_rules_and_freed_ones_are_reused_zeroed() 
 #[tokio::test]
 async fn a_refused_change_rolls_back_whole() {
     let (m, log) = manager();
-    m.put(spec("a", "eth0", &["dport=1"], 0), Source::Api, false)
-        .await
-        .unwrap();
+    m.put(
+        spec("a", "eth0", &["dport=1"], 0),
+        Source::Api,
+        false,
+        "uid 0",
+    )
+    .await
+    .unwrap();
     let before = log.count("eth0");
     let refused = m
         .put(
             spec("a", "eth0", &["dport=2", "dport=666"], 0),
             Source::Api,
             true,
+            "uid 0",
         )
         .await
         .unwrap_err();
@@ -218,7 +240,12 @@ async fn a_refused_change_rolls_back_whole() {
     assert_eq!(m.get("a").await.unwrap().spec.rules, ["dport=1"]);
     // A refused create leaves nothing behind, not even its interface.
     let err = m
-        .put(spec("z", "eth9", &["dport=666"], 0), Source::Api, false)
+        .put(
+            spec("z", "eth9", &["dport=666"], 0),
+            Source::Api,
+            false,
+            "uid 0",
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, ApiError::Invalid(_)));
@@ -232,12 +259,17 @@ async fn a_refused_change_rolls_back_whole() {
 #[tokio::test]
 async fn pause_empties_every_rule_set_and_resume_restores_it() {
     let (m, log) = manager();
-    m.put(spec("a", "eth0", &["dport=1"], 0), Source::Api, false)
-        .await
-        .unwrap();
-    m.set_paused(true).await.unwrap();
+    m.put(
+        spec("a", "eth0", &["dport=1"], 0),
+        Source::Api,
+        false,
+        "uid 0",
+    )
+    .await
+    .unwrap();
+    m.set_paused(true, "uid 0").await.unwrap();
     assert!(texts(&log.last("eth0")).is_empty());
-    m.set_paused(false).await.unwrap();
+    m.set_paused(false, "uid 0").await.unwrap();
     assert_eq!(texts(&log.last("eth0")), ["dport=1"]);
 }
 
@@ -246,11 +278,11 @@ async fn the_interface_rule_cap_names_the_interface() {
     let (m, _) = manager();
     let many: Vec<String> = (1000..1040).map(|p| format!("dport={p}")).collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
-    m.put(spec("a", "eth0", &many, 0), Source::Api, false)
+    m.put(spec("a", "eth0", &many, 0), Source::Api, false, "uid 0")
         .await
         .unwrap();
     let err = m
-        .put(spec("b", "eth0", &many, 0), Source::Api, false)
+        .put(spec("b", "eth0", &many, 0), Source::Api, false, "uid 0")
         .await
         .unwrap_err();
     assert_eq!(
@@ -265,12 +297,17 @@ async fn the_interface_rule_cap_names_the_interface() {
 #[tokio::test]
 async fn a_deferred_start_that_fails_is_shown_failed_and_blocks_nothing() {
     let (m, log) = manager();
-    m.put(spec("a1", "eth0", &["dport=9"], 0), Source::Api, false)
-        .await
-        .unwrap();
+    m.put(
+        spec("a1", "eth0", &["dport=9"], 0),
+        Source::Api,
+        false,
+        "uid 0",
+    )
+    .await
+    .unwrap();
     let mut a2 = spec("a2", "eth0", &["dport=666"], 0);
     a2.start_delay = Some("50ms".into());
-    let (created, view) = m.put(a2, Source::Api, false).await.unwrap();
+    let (created, view) = m.put(a2, Source::Api, false, "uid 0").await.unwrap();
     assert!(created);
     assert_eq!(view.phase, Phase::Pending);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -285,11 +322,16 @@ async fn a_deferred_start_that_fails_is_shown_failed_and_blocks_nothing() {
     assert_eq!(failed.reason.as_deref(), Some("rules: no fq qdisc"));
     // The interface goes on with a1 alone, and a1 can still be changed and deleted.
     assert_eq!(texts(&log.last("eth0")), ["dport=9"]);
-    m.put(spec("a1", "eth0", &["dport=10"], 0), Source::Api, true)
-        .await
-        .unwrap();
+    m.put(
+        spec("a1", "eth0", &["dport=10"], 0),
+        Source::Api,
+        true,
+        "uid 0",
+    )
+    .await
+    .unwrap();
     assert_eq!(texts(&log.last("eth0")), ["dport=10"]);
-    m.delete("a1").await.unwrap();
+    m.delete("a1", "uid 0").await.unwrap();
     assert_eq!(
         m.get("a1").await.unwrap_err(),
         ApiError::NotFound("a1".into())
@@ -298,7 +340,12 @@ async fn a_deferred_start_that_fails_is_shown_failed_and_blocks_nothing() {
     assert!(m.status().await.interfaces.is_empty());
     // Replacing the failed experiment gives it a fresh start.
     let (_, view) = m
-        .put(spec("a2", "eth0", &["dport=7"], 0), Source::Api, true)
+        .put(
+            spec("a2", "eth0", &["dport=7"], 0),
+            Source::Api,
+            true,
+            "uid 0",
+        )
         .await
         .unwrap();
     assert_eq!((view.phase, view.reason), (Phase::Active, None));

@@ -73,7 +73,7 @@ impl Node for Arc<Manager> {
 
     fn put(&self, spec: ExperimentSpec) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            Manager::put(self, spec, Source::Kubernetes, true)
+            Manager::put(self, spec, Source::Kubernetes, true, "kubernetes")
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string())
@@ -82,7 +82,7 @@ impl Node for Arc<Manager> {
 
     fn delete(&self, name: String) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            Manager::delete(self, &name)
+            Manager::delete(self, &name, "kubernetes")
                 .await
                 .map_err(|e| e.to_string())
         })
