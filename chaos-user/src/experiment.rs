@@ -65,6 +65,10 @@ pub struct ExperimentSpec {
         skip_serializing_if = "is_false"
     )]
     pub dry_run: bool,
+    /// Probes that end the experiment when one trips (`kind = "http"` or `"prometheus"`): its
+    /// faults go at once, and it shows `failed` with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop_conditions: Vec<crate::daemon::probe::StopCondition>,
 }
 
 /// `null` for an optional field means the same as leaving it out, for every optional field (the
@@ -181,6 +185,12 @@ impl TryFrom<ExperimentSpec> for Experiment {
                 ),
             ));
         }
+        if spec.stop_conditions.len() > 8 {
+            return Err(ExperimentError::new("stop_conditions", "at most 8"));
+        }
+        for (i, c) in spec.stop_conditions.iter().enumerate() {
+            c.probe(&format!("stop_conditions[{i}]"))?;
+        }
         let rules = spec
             .rules
             .iter()
@@ -280,6 +290,7 @@ mod tests {
             start_delay: None,
             priority: 0,
             dry_run: false,
+            stop_conditions: Vec::new(),
         }
     }
 

@@ -470,6 +470,10 @@ fn openapi_document_matches_the_server() {
         ("start_delay", json!("1s")),
         ("priority", json!(1)),
         ("dry_run", json!(true)),
+        (
+            "stop_conditions",
+            json!([{"kind": "http", "url": "http://127.0.0.1:1/", "fail_open": true}]),
+        ),
     ] {
         assert!(documented.contains_key(field), "{field} is not documented");
         full[field] = value;

@@ -36,6 +36,8 @@ const APT_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     // `cargo xtask image` checks that the binary it puts in a `FROM scratch` image is static.
     "file",
+    // A real Prometheus for the stop-condition tests (tests/tests/stop.rs).
+    "prometheus",
 ];
 /// The OpenAPI fuzzer `tests/tests/openapi.rs` drives the daemon's API with, from PyPI.
 const SCHEMATHESIS_VERSION: &str = "4.32.5";

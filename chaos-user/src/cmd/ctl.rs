@@ -237,6 +237,7 @@ async fn apply(args: ApplyArgs) -> Result<()> {
             start_delay: args.start_delay.clone(),
             priority: args.priority,
             dry_run: args.dry_run,
+            stop_conditions: Vec::new(),
         }],
     };
     let client = Client::new(&args.conn.socket);

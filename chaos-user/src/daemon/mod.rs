@@ -3,5 +3,6 @@
 
 pub mod api;
 pub mod audit;
+pub mod probe;
 pub mod state;
 pub mod worker;

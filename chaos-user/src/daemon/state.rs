@@ -311,6 +311,7 @@ impl Manager {
             describe(&state.experiments[&name]),
             None,
         );
+        self.watch(&name, epoch, &state.experiments[&name].experiment.spec);
         Ok((created, view(&state, &name).await?))
     }
 
@@ -423,6 +424,7 @@ impl Manager {
                 None,
             );
             let entry = &state.experiments[&name];
+            self.watch(&name, entry.epoch, &entry.experiment.spec);
             if entry.started {
                 self.start_clock(&mut state, &name);
             } else {
@@ -608,6 +610,65 @@ impl Manager {
                 .map_err(|e| ApiError::Invalid(ExperimentError::new("rules", e)))?;
         }
         Ok(())
+    }
+
+    /// Starts the probes of the experiment's stop conditions; each runs until the experiment
+    /// is gone, replaced (another epoch) or failed, or it trips.
+    fn watch(self: &Arc<Self>, name: &str, epoch: u64, spec: &ExperimentSpec) {
+        for (i, condition) in spec.stop_conditions.iter().enumerate() {
+            let field = format!("stop_conditions[{i}]");
+            // Checked when the experiment was admitted.
+            let Ok(probe) = condition.probe(&field) else {
+                continue;
+            };
+            let (me, name) = (Arc::downgrade(self), name.to_owned());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(probe.every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(me) = me.upgrade() else { return };
+                    if !me.watched(&name, epoch).await {
+                        return;
+                    }
+                    if let Some(why) = probe.check().await {
+                        me.trip(&name, epoch, &format!("{field}: {why}")).await;
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    async fn watched(&self, name: &str, epoch: u64) -> bool {
+        let state = self.state.lock().await;
+        state
+            .experiments
+            .get(name)
+            .is_some_and(|e| e.epoch == epoch && e.failure.is_none())
+    }
+
+    /// A stop condition tripped: the experiment's faults go at once, and it stays, failed, with
+    /// the reason (in its view, `/metrics` and the audit trail) until it is deleted.
+    async fn trip(&self, name: &str, epoch: u64, why: &str) {
+        let mut state = self.state.lock().await;
+        let Some(entry) = state
+            .experiments
+            .get_mut(name)
+            .filter(|e| e.epoch == epoch && e.failure.is_none())
+        else {
+            return;
+        };
+        entry.failure = Some(format!("stop condition tripped: {why}"));
+        entry.expires_at = None;
+        let what = describe(entry);
+        let touched = BTreeSet::from([entry.target()]);
+        if let Err(e) = self.sync(&mut state, &touched).await {
+            warn!(name, "removing a tripped experiment's faults: {e}");
+        }
+        warn!(name, why, "stop condition tripped: its faults are gone");
+        self.audit
+            .record("daemon", "trip", Some(name), what, Some(why.to_owned()));
     }
 
     /// Arms the timer that deletes the experiment at its end (set when it started).

@@ -127,6 +127,7 @@ fn spec(name: &str, iface: &str, rules: &[&str], priority: i32) -> ExperimentSpe
         start_delay: None,
         priority,
         dry_run: false,
+        stop_conditions: Vec::new(),
     }
 }
 

@@ -451,6 +451,7 @@ fn experiment_spec(
         start_delay: None,
         priority: 0,
         dry_run,
+        stop_conditions: Vec::new(),
     }
 }
 
