@@ -53,6 +53,11 @@ pub struct Injector {
     /// The calling thread's own namespace, returned to after working in a member's.
     home: Option<File>,
     next_tag: u32,
+    /// Shared by workloads (see [`Injector::load_shared`]): members are attached in the
+    /// directions the live rule set needs, as it needs them.
+    shared: bool,
+    /// The directions the live rule set needs (shared injectors only).
+    directions: Vec<Direction>,
 }
 
 /// One interface the program is attached to.
@@ -62,6 +67,8 @@ struct Member {
     netns: Option<File>,
     tag: u32,
     plumbing: Plumbing,
+    /// The directions attached so far.
+    attached: Vec<Direction>,
 }
 
 /// What [`Injector::add_member`] found.
@@ -84,7 +91,9 @@ impl Injector {
             netns: None,
             tag: 0,
             plumbing: Plumbing::new(iface, ifindex),
+            attached: Vec::new(),
         });
+        injector.shared = false;
         Ok(injector)
     }
 
@@ -101,6 +110,8 @@ impl Injector {
             lease: None,
             home: Some(home),
             next_tag: 1,
+            shared: true,
+            directions: Vec::new(),
         })
     }
 
@@ -119,9 +130,10 @@ impl Injector {
         attach_member(&mut self.datapath, member, directions, mode)
     }
 
-    /// Attaches the program both ways to `iface` (the default route's when `None`) in the
-    /// namespace `netns`, as member `key`, with the plumbing the live rule set holds packets
-    /// with. Nothing stays if it fails.
+    /// Attaches the program to `iface` (the default route's when `None`) in the namespace
+    /// `netns`, as member `key`, in the directions the live rule set needs (each TCX attachment
+    /// costs a kernel grace period, 8-16 ms here: a direction no rule uses is not attached),
+    /// with the plumbing it holds packets with. Nothing stays if it fails.
     pub fn add_member(
         &mut self,
         key: &str,
@@ -130,7 +142,7 @@ impl Injector {
         mode: AttachMode,
     ) -> Result<Attached, InjectorError> {
         let tag = self.next_tag;
-        let (datapath, holds) = (&mut self.datapath, &self.holds);
+        let (datapath, holds, directions) = (&mut self.datapath, &self.holds, &self.directions);
         let member = within(self.home.as_ref(), Some(&netns), key, || {
             let name = match iface {
                 Some(name) => name.to_owned(),
@@ -148,19 +160,13 @@ impl Injector {
                 netns: None,
                 tag,
                 plumbing: Plumbing::with_ifb_index(&name, ifindex, SHARED_IFB_INDEX),
+                attached: Vec::new(),
             };
             let done = member
                 .plumbing
                 .ensure(holds)
                 .map_err(InjectorError::from)
-                .and_then(|_| {
-                    attach_member(
-                        datapath,
-                        &mut member,
-                        &[Direction::Ingress, Direction::Egress],
-                        mode,
-                    )
-                });
+                .and_then(|_| attach_member(datapath, &mut member, directions, mode));
             if let Err(e) = done {
                 // The attach error is the one to report; the cleanup's is only logged.
                 if let Err(again) = release(datapath, &mut member) {
@@ -201,14 +207,25 @@ impl Injector {
     pub fn apply(&mut self, set: &RuleSet, fresh_slots: &[u32]) -> Result<(), InjectorError> {
         let holds = set.holds();
         let mut ifb = 0;
+        if self.shared {
+            for direction in set.directions() {
+                if !self.directions.contains(&direction) {
+                    self.directions.push(direction);
+                }
+            }
+        }
         for member in &mut self.members {
-            let plumbing = &mut member.plumbing;
-            ifb = within(
-                self.home.as_ref(),
-                member.netns.as_ref(),
-                &member.key,
-                || Ok(plumbing.ensure(&holds)?),
-            )?;
+            let datapath = &mut self.datapath;
+            let wanted = &self.directions;
+            let netns = member.netns.take();
+            let key = member.key.clone();
+            let done = within(self.home.as_ref(), netns.as_ref(), &key, || {
+                let ifb = member.plumbing.ensure(&holds)?;
+                attach_member(datapath, member, wanted, AttachMode::Auto)?;
+                Ok(ifb)
+            });
+            member.netns = netns;
+            ifb = done?;
         }
         self.holds = holds;
         self.datapath.set_holds(ifb, holds.reverse_tcp_delay)?;
@@ -252,18 +269,27 @@ impl Injector {
     }
 }
 
-/// Clsact for a netlink attachment, then the program in each of `directions`.
+/// Clsact for a netlink attachment, then the program in each of `directions` not attached yet.
 fn attach_member(
     datapath: &mut Datapath,
     member: &mut Member,
     directions: &[Direction],
     mode: AttachMode,
 ) -> Result<(), InjectorError> {
+    let missing: Vec<Direction> = directions
+        .iter()
+        .copied()
+        .filter(|d| !member.attached.contains(d))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
     if mode.resolve() == AttachMode::Netlink {
         member.plumbing.ensure_clsact()?;
     }
-    for direction in directions {
-        datapath.attach_tagged(member.tag, member.plumbing.iface(), *direction, mode)?;
+    for direction in missing {
+        datapath.attach_tagged(member.tag, member.plumbing.iface(), direction, mode)?;
+        member.attached.push(direction);
     }
     Ok(())
 }
