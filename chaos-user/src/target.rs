@@ -396,6 +396,11 @@ fn container_pid(key: &str) -> Result<(String, u32), String> {
 /// namespace (seen with podman starting another container): the container's own processes are
 /// the ones in its namespace. A container on the host's network has only those.
 fn containers_by_id_prefix(prefix: &str) -> Vec<(String, u32)> {
+    containers_where(&|part| part.starts_with(prefix))
+}
+
+/// As [`containers_by_id_prefix`], for the IDs `wanted` accepts.
+fn containers_where(wanted: &dyn Fn(&str) -> bool) -> Vec<(String, u32)> {
     use std::os::unix::fs::MetadataExt as _;
     let own = fs::metadata("/proc/thread-self/ns/net")
         .map(|m| (m.dev(), m.ino()))
@@ -417,7 +422,7 @@ fn containers_by_id_prefix(prefix: &str) -> Vec<(String, u32)> {
         let Ok(text) = fs::read_to_string(entry.path().join("cgroup")) else {
             continue;
         };
-        let Some(id) = container_id_in(&text, prefix) else {
+        let Some(id) = container_id_in(&text, wanted) else {
             continue;
         };
         let elsewhere = fs::metadata(entry.path().join("ns/net"))
@@ -441,15 +446,12 @@ fn containers_by_id_prefix(prefix: &str) -> Vec<(String, u32)> {
         .collect()
 }
 
-/// The first 64-hex-digit run in a `/proc/PID/cgroup` text that starts with `prefix`.
-fn container_id_in(cgroup: &str, prefix: &str) -> Option<String> {
+/// The first 64-hex-digit run in a `/proc/PID/cgroup` text that `wanted` accepts.
+fn container_id_in(cgroup: &str, wanted: &dyn Fn(&str) -> bool) -> Option<String> {
     for line in cgroup.lines() {
         let path = line.splitn(3, ':').nth(2).unwrap_or_default();
         for part in path.split(['/', '-', '.']) {
-            if part.len() == 64
-                && part.bytes().all(|b| b.is_ascii_hexdigit())
-                && part.starts_with(prefix)
-            {
+            if part.len() == 64 && part.bytes().all(|b| b.is_ascii_hexdigit()) && wanted(part) {
                 return Some(part.to_owned());
             }
         }
@@ -503,7 +505,9 @@ fn container_by_name(name: &str) -> Result<(String, u32), String> {
     ))
 }
 
-/// Running containers whose name matches `pattern`, through the Docker Engine API: (ID, name,
+/// Running containers whose name matches `pattern`: their names and IDs through the Docker
+/// Engine API's list, their processes from one pass over `/proc` (as `container=ID` finds
+/// them; asking the API for each container's PID would cost a request per match). (ID, name,
 /// PID) each.
 fn containers_by_glob(pattern: &str) -> Result<Vec<(String, String, u32)>, String> {
     let mut tried = Vec::new();
@@ -521,25 +525,32 @@ fn containers_by_glob(pattern: &str) -> Result<Vec<(String, String, u32)>, Strin
         };
         let list: Vec<serde_json::Value> = serde_json::from_str(&body)
             .map_err(|e| format!("{}: bad answer: {e}", socket.display()))?;
-        let mut found = Vec::new();
-        for c in &list {
-            let id = c["Id"].as_str().unwrap_or_default();
-            let names = c["Names"].as_array().into_iter().flatten();
-            let matching = names
-                .filter_map(|n| n.as_str())
-                .map(|n| n.trim_start_matches('/'))
-                .find(|n| glob_match(pattern, n));
-            let Some(name) = matching else { continue };
-            // The list has no PID: ask for the one container (it may have stopped since).
-            if let Ok((200, one)) = engine_get(&socket, &format!("/containers/{id}/json")) {
-                let v: serde_json::Value = serde_json::from_str(&one).unwrap_or_default();
-                let pid = v["State"]["Pid"].as_u64().unwrap_or(0) as u32;
-                if pid != 0 {
-                    found.push((id.to_owned(), name.to_owned(), pid));
-                }
-            }
+        let named: Vec<(String, String)> = list
+            .iter()
+            .filter_map(|c| {
+                let id = c["Id"].as_str()?.to_ascii_lowercase();
+                let name = c["Names"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|n| n.as_str())
+                    .map(|n| n.trim_start_matches('/'))
+                    .find(|n| glob_match(pattern, n))?;
+                Some((id, name.to_owned()))
+            })
+            .collect();
+        if named.is_empty() {
+            return Ok(Vec::new());
         }
-        return Ok(found);
+        // Every container's process, by ID: one pass.
+        let wanted: Vec<&str> = named.iter().map(|(id, _)| id.as_str()).collect();
+        let pids = containers_where(&|part| wanted.contains(&part));
+        return Ok(named
+            .into_iter()
+            .filter_map(|(id, name)| {
+                let pid = pids.iter().find(|(known, _)| *known == id)?.1;
+                Some((id, name, pid))
+            })
+            .collect());
     }
     Err(format!(
         "no Docker Engine API answered to list containers: tried {}; set DOCKER_HOST",
@@ -650,9 +661,12 @@ mod tests {
             format!("0::/k8s.io/{id}"),
             format!("0::/kubepods/besteffort/pod1234/{id}"),
         ] {
-            assert_eq!(container_id_in(&path, "3f2a9c"), Some(id.clone()), "{path}");
+            let prefix = |p: &str| p.starts_with("3f2a9c");
+            assert_eq!(container_id_in(&path, &prefix), Some(id.clone()), "{path}");
         }
-        assert_eq!(container_id_in(&format!("0::/docker/{id}"), "3f2a9d"), None);
-        assert_eq!(container_id_in("0::/user.slice", "3f2a9c"), None);
+        let other = |p: &str| p.starts_with("3f2a9d");
+        assert_eq!(container_id_in(&format!("0::/docker/{id}"), &other), None);
+        let any = |p: &str| p.starts_with("3f2a9c");
+        assert_eq!(container_id_in("0::/user.slice", &any), None);
     }
 }

@@ -35,14 +35,18 @@ enum Task {
     },
     /// Bootstrap, build a static chaos and the agent's image localhost/chaos:VERSION (podman,
     /// or docker) from deploy/Containerfile.
-    Image,
+    Image {
+        /// Put the debug build in the image (relinks the test build: seconds, not minutes).
+        #[arg(long)]
+        debug: bool,
+    },
     /// Build, then show chaos dropping packets to one port of one host in a sandbox.
     Demo,
     /// Bootstrap, build (release), then measure cost, scale, fidelity and kernel memory against
     /// a no-op program, a userspace proxy and netem; writes bench/latest.json and bench/latest.md.
     Bench {
         /// Arguments for the bench: `--quick` (fewer rounds, not for publishing), `--only
-        /// micro,live,e2e,proxy,fidelity,vm,control,memory`, `--out DIR`.
+        /// micro,live,e2e,proxy,fidelity,vm,control,memory,targets`, `--out DIR`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -60,7 +64,7 @@ fn main() -> Result<()> {
             demo::run(&env)
         }
         Task::Bench { args } => bench(&root, &args),
-        Task::Image => image::run(&root),
+        Task::Image { debug } => image::run(&root, debug),
     }
 }
 
