@@ -378,6 +378,13 @@ pub fn set_rcvbuf(sock: &UdpSocket, bytes: libc::c_int) {
     assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", io::Error::last_os_error());
 }
 
+/// Datagrams of `n` sent from the lab's client to `dst` (its server) that arrive.
+pub fn delivered(lab: &Lab, dst: SocketAddr, n: u64) -> u64 {
+    let rx = UdpCounter::start(&lab.b, dst);
+    assert_eq!(udp_send(&lab.a, dst, n, 64), 0);
+    rx.finish().0
+}
+
 /// Sends `count` datagrams (8-byte sequence number, 8-byte send time, padding) from namespace
 /// `ns` to `dst`, paced in bursts so the receiver keeps up. Returns the number of send errors,
 /// which must be zero: injected loss is silent.

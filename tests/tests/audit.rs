@@ -3,15 +3,8 @@
 
 use std::net::SocketAddr;
 
-use netlab::{Daemon, IFACE, Lab, SERVER_V4, UdpCounter, udp_send};
+use netlab::{Daemon, IFACE, Lab, SERVER_V4, delivered};
 use serde_json::Value;
-
-/// Datagrams of `n` sent to `dst` that arrive.
-fn delivered(lab: &Lab, dst: SocketAddr, n: u64) -> u64 {
-    let rx = UdpCounter::start(&lab.b, dst);
-    assert_eq!(udp_send(&lab.a, dst, n, 64), 0);
-    rx.finish().0
-}
 
 fn apply(d: &Daemon, lab: &Lab, name: &str) -> netlab::ChaosExit {
     d.ctl(&[

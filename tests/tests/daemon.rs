@@ -8,7 +8,9 @@ use std::{
 
 use chaos_user::client::{Client, ClientError};
 use hyper::Method;
-use netlab::{Daemon, IFACE, Lab, SERVER_V4, UdpCounter, assert_binomial, heavy_traffic, udp_send};
+use netlab::{
+    Daemon, IFACE, Lab, SERVER_V4, UdpCounter, assert_binomial, delivered, heavy_traffic, udp_send,
+};
 use serde_json::{Value, json};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -31,13 +33,6 @@ fn counter(view: &Value, rule: usize, field: &str) -> u64 {
     view["counters"][rule][field]
         .as_u64()
         .unwrap_or_else(|| panic!("no {field} in {view}"))
-}
-
-/// Datagrams of `n` sent to `dst` that arrive.
-fn delivered(lab: &Lab, dst: SocketAddr, n: u64) -> u64 {
-    let rx = UdpCounter::start(&lab.b, dst);
-    assert_eq!(udp_send(&lab.a, dst, n, 64), 0);
-    rx.finish().0
 }
 
 #[test]

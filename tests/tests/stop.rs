@@ -9,15 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netlab::{Daemon, IFACE, Lab, SERVER_V4, UdpCounter, udp_send};
+use netlab::{Daemon, IFACE, Lab, SERVER_V4, delivered};
 use serde_json::{Value, json};
-
-/// Datagrams of `n` sent to `dst` that arrive.
-fn delivered(lab: &Lab, dst: SocketAddr, n: u64) -> u64 {
-    let rx = UdpCounter::start(&lab.b, dst);
-    assert_eq!(udp_send(&lab.a, dst, n, 64), 0);
-    rx.finish().0
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -418,12 +418,7 @@ pub fn experiment_name(fault: &str, fault_uid: &str, pod_uid: &str) -> String {
             .trim_matches('-')
             .to_owned()
     };
-    let hash = |s: &str| {
-        let h = s.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        format!("{:08x}", h as u32)
-    };
+    let hash = |s: &str| format!("{:08x}", super::select::fnv1a(s.bytes()) as u32);
     format!(
         "{PREFIX}{}-{}-{}",
         clean(fault, 30),

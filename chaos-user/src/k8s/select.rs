@@ -134,14 +134,17 @@ fn mode_name(mode: Mode) -> &'static str {
     }
 }
 
-/// FNV-1a over both UIDs: stable across processes, versions and nodes (unlike std's hasher).
+/// A pod's rank for a resource: both UIDs hashed together.
 fn rank(fault_uid: &str, pod_uid: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in fault_uid.bytes().chain([0]).chain(pod_uid.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+    fnv1a(fault_uid.bytes().chain([0]).chain(pod_uid.bytes()))
+}
+
+/// FNV-1a: stable across processes, versions and nodes (unlike std's hasher), so every node
+/// computes the same ranks and names.
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Whether `labels` match a Kubernetes label selector (matchLabels and matchExpressions).
