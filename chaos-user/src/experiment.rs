@@ -220,7 +220,7 @@ impl TryFrom<ExperimentSpec> for Experiment {
     }
 }
 
-fn validate_name(name: &str) -> Result<(), ExperimentError> {
+pub fn validate_name(name: &str) -> Result<(), ExperimentError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
         && name

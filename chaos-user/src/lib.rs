@@ -3,6 +3,7 @@
 //! The library holds everything the `chaos` binary does, one module per job, so tests and
 //! benches drive the same code.
 
+pub mod campaign;
 pub mod caps;
 pub mod client;
 pub mod clsact;
