@@ -241,12 +241,14 @@ fn parse_duration(field: &str, text: &str, bounds: Bounds) -> Result<Duration, E
     duration::parse(text, bounds).map_err(|e| ExperimentError::new(field, e.to_string()))
 }
 
-/// A config file or `chaos apply -f` file: `[[experiment]]` tables.
+/// A config file or `chaos apply -f` file: `[[experiment]]` and `[[campaign]]` tables.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentFile {
     #[serde(default, rename = "experiment")]
     pub experiments: Vec<ExperimentSpec>,
+    #[serde(default, rename = "campaign")]
+    pub campaigns: Vec<crate::campaign::CampaignSpec>,
 }
 
 impl ExperimentFile {
@@ -271,6 +273,29 @@ impl ExperimentFile {
                 })
             })
             .collect()
+    }
+
+    /// Parses TOML and validates every campaign, and that names are unique.
+    pub fn parse_campaigns(
+        text: &str,
+    ) -> Result<Vec<crate::campaign::CampaignSpec>, ExperimentError> {
+        let file: ExperimentFile = toml::from_str(text)
+            .map_err(|e| ExperimentError::new("file", e.message().to_owned()))?;
+        let mut seen = std::collections::HashSet::new();
+        for (i, spec) in file.campaigns.iter().enumerate() {
+            let at = |e: ExperimentError| ExperimentError {
+                field: format!("campaign[{i}].{}", e.field),
+                message: e.message,
+            };
+            if !seen.insert(spec.name.clone()) {
+                return Err(at(ExperimentError::new(
+                    "name",
+                    format!("'{}' given twice", spec.name),
+                )));
+            }
+            crate::campaign::Campaign::new(spec.clone(), 0).map_err(at)?;
+        }
+        Ok(file.campaigns)
     }
 }
 

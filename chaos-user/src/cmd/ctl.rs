@@ -59,6 +59,10 @@ pub enum Ctl {
     },
     /// Accept experiments again after `chaos halt`.
     Unhalt(Conn),
+    /// The daemon's campaigns: random experiments over time, from `[[campaign]]` tables
+    /// (`chaos apply -f`, `--config`).
+    #[command(subcommand)]
+    Campaign(super::campaign::CampaignCmd),
     /// The audit trail: every change, who asked (uid from the socket's peer credentials, or the
     /// token), when, what and why; the daemon keeps the last 1,000 (`--audit-log` keeps all).
     History(Conn),
@@ -75,7 +79,7 @@ pub enum Ctl {
 /// `chaos apply -f FILE` or `chaos apply --name NAME --iface IFACE --rule RULE ...`.
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
-    /// TOML file of `[[experiment]]` tables (the config file's format).
+    /// TOML file of `[[experiment]]` and `[[campaign]]` tables (the config file's format).
     #[arg(short, long, value_name = "FILE", conflicts_with_all = ["name", "iface", "target", "namespace", "rules"])]
     pub file: Option<PathBuf>,
 
@@ -211,15 +215,19 @@ async fn dispatch(command: Ctl) -> Result<()> {
             print(&conn, &s, || "resumed\n".into())
         }
         Ctl::Status { watch, conn } => status(&conn, watch).await,
+        Ctl::Campaign(cmd) => super::campaign::dispatch(cmd).await,
     }
 }
 
 async fn apply(args: ApplyArgs) -> Result<()> {
+    let mut campaigns = Vec::new();
     let specs: Vec<ExperimentSpec> = match &args.file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| InputError(format!("{}: {e}", path.display())))?;
             // Checked here first, so a bad file is reported without touching the daemon.
+            campaigns = ExperimentFile::parse_campaigns(&text)
+                .map_err(|e| InputError(format!("{}: {e}", path.display())))?;
             ExperimentFile::parse(&text)
                 .map_err(|e| InputError(format!("{}: {e}", path.display())))?
                 .into_iter()
@@ -253,12 +261,24 @@ async fn apply(args: ApplyArgs) -> Result<()> {
             .await?;
         applied.push(view);
     }
+    for spec in &campaigns {
+        let body = serde_json::to_value(spec)?;
+        let view = client
+            .call(
+                Method::PUT,
+                &format!("/v1/campaigns/{}", spec.name),
+                Some(&body),
+            )
+            .await?;
+        applied.push(view);
+    }
     let applied = Value::Array(applied);
     print(&args.conn, &applied, || {
-        specs
+        let experiments = specs.iter().map(|s| format!("applied {}\n", s.name));
+        let campaigns = campaigns
             .iter()
-            .map(|s| format!("applied {}\n", s.name))
-            .collect()
+            .map(|c| format!("applied campaign {}\n", c.name));
+        experiments.chain(campaigns).collect()
     })
 }
 
@@ -307,7 +327,7 @@ async fn status(conn: &Conn, watch: bool) -> Result<()> {
     }
 }
 
-fn print(conn: &Conn, value: &Value, text: impl FnOnce() -> String) -> Result<()> {
+pub(super) fn print(conn: &Conn, value: &Value, text: impl FnOnce() -> String) -> Result<()> {
     let out = match conn.output {
         Output::Json => format!("{value}\n"),
         Output::Text => text(),

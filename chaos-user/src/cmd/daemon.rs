@@ -43,8 +43,8 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
-    /// Experiments to run, as TOML `[[experiment]]` tables; validated whole before anything is
-    /// applied. SIGHUP reloads it; a bad file leaves the running set untouched.
+    /// Experiments and campaigns to run, as TOML `[[experiment]]` and `[[campaign]]` tables;
+    /// validated whole before anything is applied. SIGHUP reloads it; a bad file leaves the running set untouched.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -107,11 +107,34 @@ Overlapping experiments on one interface: higher `priority` first, then the olde
 first rule that matches a packet decides. On SIGINT/SIGTERM every interface is restored.";
 
 /// Reads and validates a config file.
-fn load_config(path: &Path) -> Result<Vec<ExperimentSpec>, String> {
+fn load_config(path: &Path) -> Result<Config, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let experiments =
         ExperimentFile::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(experiments.into_iter().map(|e| e.spec).collect())
+    let campaigns =
+        ExperimentFile::parse_campaigns(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Config {
+        experiments: experiments.into_iter().map(|e| e.spec).collect(),
+        campaigns,
+    })
+}
+
+/// What a config file holds.
+struct Config {
+    experiments: Vec<ExperimentSpec>,
+    campaigns: Vec<crate::campaign::CampaignSpec>,
+}
+
+/// Applies a config file's experiments, then its campaigns.
+async fn apply_config(manager: &Arc<Manager>, config: Config) -> Result<(), ApiError> {
+    // Campaigns are checked against the policy before anything changes.
+    for spec in &config.campaigns {
+        manager
+            .admit_campaign(spec.clone())
+            .map_err(ApiError::Invalid)?;
+    }
+    manager.replace_config(config.experiments).await?;
+    manager.replace_config_campaigns(config.campaigns).await
 }
 
 pub fn run(args: DaemonArgs) -> Result<()> {
@@ -156,7 +179,7 @@ pub fn run(args: DaemonArgs) -> Result<()> {
 
 async fn serve(
     args: DaemonArgs,
-    initial: Option<Vec<ExperimentSpec>>,
+    initial: Option<Config>,
     token: Option<String>,
     guard: Guard,
 ) -> Result<()> {
@@ -185,8 +208,8 @@ async fn serve(
         },
         audit,
     );
-    if let Some(specs) = initial
-        && let Err(e) = manager.replace_config(specs).await
+    if let Some(config) = initial
+        && let Err(e) = apply_config(&manager, config).await
     {
         manager.shutdown().await;
         return Err(InputError(format!("--config: {}", describe(&e))).into());
@@ -274,8 +297,7 @@ async fn reload(manager: &Arc<Manager>, config: Option<&Path>) {
         return;
     };
     let result = match load_config(path) {
-        Ok(specs) => manager
-            .replace_config(specs)
+        Ok(config) => apply_config(manager, config)
             .await
             .map_err(|e| describe(&e)),
         Err(e) => Err(e),

@@ -1,3 +1,4 @@
+pub mod campaign;
 pub mod cleanup;
 pub mod ctl;
 pub mod daemon;

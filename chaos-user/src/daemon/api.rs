@@ -53,7 +53,7 @@ impl
 
 /// The caller of a request: its connection's [`Peer`] (`unknown` without connection info, as in
 /// tests that call the router directly).
-struct Who(String);
+pub(super) struct Who(pub(super) String);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Who {
     type Rejection = std::convert::Infallible;
@@ -79,7 +79,7 @@ struct App {
 /// The API's routes. With `token`, every request must carry `Authorization: Bearer <token>`.
 pub fn router(manager: Arc<Manager>, token: Option<String>) -> Router {
     let app = App {
-        manager,
+        manager: manager.clone(),
         started: std::time::SystemTime::now(),
     };
     let router = Router::new()
@@ -95,10 +95,11 @@ pub fn router(manager: Arc<Manager>, token: Option<String>) -> Router {
         .route("/v1/unhalt", post(unhalt))
         .route("/v1/history", get(history))
         .route("/metrics", get(metrics))
+        .with_state(app)
+        .merge(super::campaign_api::routes(manager))
         // Every answer is JSON as documented, also for a path or method the API does not serve.
         .fallback(no_such_path)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(app);
+        .method_not_allowed_fallback(method_not_allowed);
     match token {
         Some(token) => router.layer(middleware::from_fn(move |req: Request, next: Next| {
             let token = token.clone();
@@ -173,7 +174,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
 
 /// A name the router could not decode (percent-encoding that is not UTF-8): no experiment can
 /// have it, so 404, as JSON.
-fn bad_path(rejection: PathRejection) -> Response {
+pub(super) fn bad_path(rejection: PathRejection) -> Response {
     error(StatusCode::NOT_FOUND, "name", &rejection.body_text())
 }
 
@@ -199,12 +200,17 @@ impl IntoResponse for ApiError {
             ),
             ApiError::Internal(message) => error(StatusCode::INTERNAL_SERVER_ERROR, "", &message),
             halted @ ApiError::Halted(_) => error(StatusCode::CONFLICT, "", &halted.to_string()),
+            ApiError::NoCampaign(name) => error(
+                StatusCode::NOT_FOUND,
+                "name",
+                &format!("no campaign named '{name}'"),
+            ),
         }
     }
 }
 
 /// A body that is not an experiment: 400, naming the field serde complained about.
-fn bad_body(rejection: JsonRejection) -> Response {
+pub(super) fn bad_body(rejection: JsonRejection) -> Response {
     let text = rejection.body_text();
     let field = text
         .split('`')
@@ -356,6 +362,7 @@ async fn metrics(State(app): State<App>) -> Result<Response, ApiError> {
     let views = app.manager.list().await?;
     let status = app.manager.status().await;
     let mut registry = Registry::default();
+    super::campaigns::metrics(&app.manager.list_campaigns(), &mut registry);
     let counter = |registry: &mut Registry, name: &str, help: &str| {
         let family = Family::<Labels, Counter>::default();
         registry.register(name, help, family.clone());

@@ -3,6 +3,8 @@
 
 pub mod api;
 pub mod audit;
+mod campaign_api;
+pub mod campaigns;
 pub mod probe;
 pub mod state;
 pub mod worker;

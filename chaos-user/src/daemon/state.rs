@@ -39,6 +39,8 @@ pub enum ApiError {
     Internal(String),
     /// The daemon is halted (`chaos halt`): no experiment until `chaos unhalt`: 409.
     Halted(String),
+    /// No such campaign: 404.
+    NoCampaign(String),
 }
 
 impl std::fmt::Display for ApiError {
@@ -46,6 +48,7 @@ impl std::fmt::Display for ApiError {
         match self {
             Self::Invalid(e) => write!(f, "{e}"),
             Self::NotFound(n) => write!(f, "no experiment named '{n}'"),
+            Self::NoCampaign(n) => write!(f, "no campaign named '{n}'"),
             Self::Conflict(n) => write!(f, "'{n}' is already an API experiment"),
             Self::Internal(m) => f.write_str(m),
             Self::Halted(why) => write!(
@@ -64,6 +67,8 @@ pub enum Source {
     Config,
     /// The node agent's, from `NetworkFault` resources (`chaos daemon --kubernetes`).
     Kubernetes,
+    /// A campaign's (`chaos campaign`): it ends them itself.
+    Campaign,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -179,6 +184,7 @@ pub struct Manager {
     policy: Policy,
     ports: Box<dyn Ports>,
     audit: Audit,
+    campaigns: super::campaigns::Campaigns,
 }
 
 impl Manager {
@@ -206,7 +212,41 @@ impl Manager {
             policy,
             ports,
             audit,
+            campaigns: Default::default(),
         })
+    }
+
+    pub(super) fn campaigns(&self) -> &super::campaigns::Campaigns {
+        &self.campaigns
+    }
+
+    pub(super) fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub(super) fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    /// Why the daemon is halted, if it is.
+    pub async fn halted(&self) -> Option<String> {
+        self.state.lock().await.halted.clone()
+    }
+
+    pub fn list_campaigns(&self) -> Vec<super::campaigns::CampaignView> {
+        self.campaigns.list()
+    }
+
+    pub fn get_campaign(&self, name: &str) -> Result<super::campaigns::CampaignView, ApiError> {
+        self.campaigns.get(name)
+    }
+
+    pub fn plan_campaign(
+        &self,
+        name: &str,
+        count: usize,
+    ) -> Result<Vec<super::campaigns::Planned>, ApiError> {
+        self.campaigns.plan(name, count)
     }
 
     /// The audit trail's records kept in memory, oldest first.
@@ -515,6 +555,7 @@ impl Manager {
 
     /// Stops every worker: all interfaces detached and restored.
     pub async fn shutdown(&self) {
+        self.campaigns.clear();
         let mut state = self.state.lock().await;
         state.experiments.clear();
         // Dropping a worker waits for its thread to detach and restore; off the async threads.
