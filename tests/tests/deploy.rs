@@ -317,7 +317,24 @@ fn examples_match_the_crd_schema_and_their_rules_parse() {
         for doc in documents(file) {
             let spec = &doc["spec"];
             modes.insert(spec["mode"].as_str().unwrap_or("all").to_owned());
-            for rule in spec["rules"].as_array().expect("rules") {
+            // A campaign's rules are its fault menu's, and the block must make a campaign.
+            let rules: Vec<&serde_json::Value> = match spec.get("campaign") {
+                Some(block) => {
+                    let parsed: chaos_user::k8s::crd::CampaignBlock =
+                        serde_json::from_value(block.clone()).expect("a campaign block");
+                    if let Err(e) = parsed.campaign("uid", false) {
+                        panic!("{}: campaign: {e}", file.display());
+                    }
+                    block["faults"]
+                        .as_array()
+                        .expect("faults")
+                        .iter()
+                        .map(|f| &f["rule"])
+                        .collect()
+                }
+                None => spec["rules"].as_array().expect("rules").iter().collect(),
+            };
+            for rule in rules {
                 let rule = rule.as_str().expect("a rule is a string");
                 if let Err(e) = rule.parse::<chaos_user::rule::Rule>() {
                     panic!("{}: rule {rule:?}: {e}", file.display());
@@ -348,12 +365,32 @@ fn the_crd_check_refuses_bad_resources() {
             "chaos.dev/v1",
             "is not served by the CRD",
         ),
-        ("  rules:\n", "  rulez:\n", "'rules' is a required property"),
+        ("  rules:\n", "  rulez:\n", "'rulez' was unexpected"),
     ];
     for (n, (from, to, expected)) in cases.iter().enumerate() {
         assert!(good.contains(from), "{from:?} is in the example");
         let bad = dir.path().join(format!("bad{n}.yaml"));
         std::fs::write(&bad, good.replacen(from, to, 1)).unwrap();
+        let said = crd_check(&[bad]).expect_err(expected);
+        assert!(said.contains(expected), "{to:?}: {said}");
+    }
+    // A campaign without its gap, or with a fault of no weight.
+    let campaign =
+        std::fs::read_to_string(deploy().join("examples/weekday-campaign.yaml")).unwrap();
+    for (n, (from, to, expected)) in [
+        (
+            "    every: 15m..45m\n",
+            "",
+            "'every' is a required property",
+        ),
+        ("weight: 1\n", "weight: 0\n", "less than the minimum of 1"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(campaign.contains(from), "{from:?} is in the example");
+        let bad = dir.path().join(format!("campaign{n}.yaml"));
+        std::fs::write(&bad, campaign.replacen(from, to, 1)).unwrap();
         let said = crd_check(&[bad]).expect_err(expected);
         assert!(said.contains(expected), "{to:?}: {said}");
     }

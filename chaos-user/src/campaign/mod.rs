@@ -92,11 +92,14 @@ impl Weighted {
 }
 
 /// One entry of the fault menu: a rule in `chaos run`'s language and its weight.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Fault {
+    /// How often it is drawn against the others (default 1).
     #[serde(default = "one")]
+    #[schemars(range(min = 1))]
     pub weight: u32,
+    /// A rule in chaos's rule language.
     pub rule: String,
 }
 
@@ -174,7 +177,10 @@ impl Campaign {
         if spec.max_concurrent == 0 {
             return Err(bad("max_concurrent", "at least 1".into()));
         }
-        for (field, len) in [("targets", spec.targets.len()), ("faults", spec.faults.len())] {
+        for (field, len) in [
+            ("targets", spec.targets.len()),
+            ("faults", spec.faults.len()),
+        ] {
             if !(1..=MAX_MENU).contains(&len) {
                 return Err(bad(field, format!("1 to {MAX_MENU} entries, {len} given")));
             }
@@ -212,10 +218,9 @@ impl Campaign {
             .map_err(|e| bad(&format!("targets[{i}]"), e.to_string()))?;
         }
         for (i, f) in campaign.spec.faults.iter().enumerate() {
-            let rule: Rule = f
-                .rule
-                .parse()
-                .map_err(|e: crate::rule::RuleError| bad(&format!("faults[{i}].rule"), e.to_string()))?;
+            let rule: Rule = f.rule.parse().map_err(|e: crate::rule::RuleError| {
+                bad(&format!("faults[{i}].rule"), e.to_string())
+            })?;
             rules.push(rule);
         }
         Ok(Self { rules, ..campaign })
@@ -251,6 +256,21 @@ impl Campaign {
     /// The name of the experiment of a slot.
     pub fn experiment_name(&self, slot: &Slot) -> String {
         format!("{}-{}", self.spec.name, slot.start.as_second())
+    }
+
+    /// The slots whose experiment runs at `now` (none the schedule skips).
+    pub fn live_at(&self, now: Timestamp) -> Vec<Slot> {
+        let longest = SignedDuration::try_from(self.duration.hi).unwrap_or_default();
+        self.slots_from(now - longest)
+            .take_while(|s| s.start <= now)
+            .filter(|s| s.skipped.is_none() && s.end() > now)
+            .collect()
+    }
+
+    /// One of `n` things (a pod among those selected) for `slot`, drawn like its target.
+    pub fn pick(&self, slot: &Slot, n: usize) -> usize {
+        let o = slot.occurrence.as_second() as u64;
+        (mix(self.seed, o, slot.index, 4) % n.max(1) as u64) as usize
     }
 
     /// Slots starting at or after `from`, in order (skipped ones too, with the reason).
@@ -298,6 +318,7 @@ impl Campaign {
             };
             let length = self.duration.draw(draw(1));
             let mut slot = Slot {
+                occurrence: o.start,
                 index,
                 start: at,
                 length,
@@ -322,7 +343,8 @@ impl Campaign {
 /// One planned experiment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Slot {
-    /// Its place in its occurrence.
+    /// When its occurrence opened, and its place in it.
+    pub occurrence: Timestamp,
     pub index: u64,
     pub start: Timestamp,
     pub length: Duration,

@@ -81,7 +81,10 @@ impl Window {
         if !self.days[weekday_index(date.weekday())] {
             return None;
         }
-        let start = date.to_datetime(self.start).to_zoned_datetime(self.tz.clone()).ok()?;
+        let start = date
+            .to_datetime(self.start)
+            .to_zoned(self.tz.clone())
+            .ok()?;
         let end_date = if self.end <= self.start {
             date.tomorrow().ok()?
         } else {
@@ -89,7 +92,7 @@ impl Window {
         };
         let end = end_date
             .to_datetime(self.end)
-            .to_zoned_datetime(self.tz.clone())
+            .to_zoned(self.tz.clone())
             .ok()?;
         Some(Occurrence {
             start: start.timestamp(),
@@ -100,7 +103,7 @@ impl Window {
     /// The occurrence open at `t`, or else the next one to open; none within two weeks means
     /// none ever (a window opens at least weekly).
     pub fn at_or_after(&self, t: Timestamp) -> Option<Occurrence> {
-        let today = t.to_zoned_datetime(self.tz.clone()).date();
+        let today = t.to_zoned(self.tz.clone()).date();
         // Yesterday's occurrence may run overnight into today.
         let mut date = today.yesterday().ok()?;
         for _ in 0..16 {
@@ -116,7 +119,7 @@ impl Window {
 
     /// The occurrence opened last before `o` (for what may still run into it).
     pub fn before(&self, o: Occurrence) -> Option<Occurrence> {
-        let mut date = o.start.to_zoned_datetime(self.tz.clone()).date().yesterday().ok()?;
+        let mut date = o.start.to_zoned(self.tz.clone()).date().yesterday().ok()?;
         for _ in 0..8 {
             if let Some(p) = self.on(date)
                 && p.start < o.start
@@ -262,6 +265,10 @@ mod tests {
             Window::parse("Mon 10:00-10:00").unwrap_err(),
             "'10:00-10:00' opens and closes at the same time"
         );
-        assert!(Window::parse("weekdays").unwrap_err().contains("not a window"));
+        assert!(
+            Window::parse("weekdays")
+                .unwrap_err()
+                .contains("not a window")
+        );
     }
 }

@@ -237,10 +237,20 @@ impl<N: Node> Agent<N> {
         if spec.allow_host_network {
             rules.iter_mut().for_each(|r| r.push_str(" force=yes"));
         }
-        let probe = experiment_spec("k8s-check", &namespace, "probe", &rules, left, spec.dry_run);
-        if let Err(e) = Experiment::try_from(probe) {
-            return none(Phase::Failed, e.to_string());
-        }
+        let campaign = match &spec.campaign {
+            Some(block) => match block.campaign(&uid, spec.allow_host_network) {
+                Ok(c) => Some(c),
+                Err(e) => return none(Phase::Failed, format!("campaign.{e}")),
+            },
+            None => {
+                let probe =
+                    experiment_spec("k8s-check", &namespace, "probe", &rules, left, spec.dry_run);
+                if let Err(e) = Experiment::try_from(probe) {
+                    return none(Phase::Failed, e.to_string());
+                }
+                None
+            }
+        };
         let pods = match self.pods(&namespace).await {
             Ok(pods) => pods,
             Err(e) => return none(Phase::Pending, format!("listing pods: {e}")),
@@ -250,15 +260,49 @@ impl<N: Node> Agent<N> {
             Err(e) => return none(Phase::Failed, e),
         };
         let here = |c: &Candidate| c.node.as_deref() == Some(node.as_str());
-        let experiments: Vec<ExperimentSpec> = selection
-            .chosen
-            .iter()
-            .filter(|c| here(c))
-            .map(|c| {
-                let exp = experiment_name(&name, &uid, &c.uid);
-                experiment_spec(&exp, &namespace, &c.name, &rules, left, spec.dry_run)
-            })
-            .collect();
+        let experiments: Vec<ExperimentSpec> = match &campaign {
+            None => selection
+                .chosen
+                .iter()
+                .filter(|c| here(c))
+                .map(|c| {
+                    let exp = experiment_name(&name, &uid, &c.uid);
+                    experiment_spec(&exp, &namespace, &c.name, &rules, left, spec.dry_run)
+                })
+                .collect(),
+            Some(campaign) => {
+                // Every node sees the same pods in the same order, so draws the same one.
+                let mut chosen = selection.chosen.clone();
+                chosen.sort_by(|a, b| a.uid.cmp(&b.uid));
+                campaign
+                    .live_at(now)
+                    .iter()
+                    .filter(|_| !chosen.is_empty())
+                    .filter_map(|slot| {
+                        let pod = &chosen[campaign.pick(slot, chosen.len())];
+                        if !here(pod) {
+                            return None;
+                        }
+                        let rule = campaign.spec.faults[slot.fault].rule.clone();
+                        let until = slot.end().duration_since(now);
+                        let lasts = Duration::try_from(until).unwrap_or_default().min(left);
+                        let exp = experiment_name(
+                            &name,
+                            &uid,
+                            &format!("{}@{}", pod.uid, slot.start.as_second()),
+                        );
+                        Some(experiment_spec(
+                            &exp,
+                            &namespace,
+                            &pod.name,
+                            &[rule],
+                            lasts,
+                            spec.dry_run,
+                        ))
+                    })
+                    .collect()
+            }
+        };
         let refused: Vec<String> = selection
             .refused
             .iter()
@@ -271,9 +315,17 @@ impl<N: Node> Agent<N> {
         } else {
             Phase::Pending
         };
+        let mut message = refused.join("; ");
+        if let Some(next) = campaign
+            .as_ref()
+            .and_then(|c| c.slots_from(now).find(|s| s.skipped.is_none()))
+        {
+            let sep = if message.is_empty() { "" } else { "; " };
+            message = format!("{message}{sep}campaign: next experiment at {}", next.start);
+        }
         Part {
             experiments,
-            status: status(phase, n, refused.join("; ")),
+            status: status(phase, n, message),
         }
     }
 

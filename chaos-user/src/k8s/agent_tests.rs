@@ -365,3 +365,74 @@ async fn a_broken_watch_resumes_and_a_resource_made_meanwhile_is_applied() {
     assert!(watches >= 2, "the watch was made again after it broke");
     run.abort();
 }
+
+/// A campaign in the resource: two agents that never talk run exactly the experiments its
+/// schedule has live at each moment, each on the node of the pod drawn for it, with the fault
+/// drawn for it, and the seed defaults to the resource's UID.
+#[tokio::test]
+async fn a_campaign_is_run_by_the_node_of_the_pod_each_slot_draws() {
+    let spec = json!({"selector": {"matchLabels": {"app": "cart"}},
+        "campaign": {"every": "5s..10s", "duration": "3s..8s", "maxConcurrent": 2,
+                     "faults": [{"weight": 3, "rule": "proto=tcp dport=6379 delay=100ms"},
+                                {"rule": "proto=tcp dport=5432 reset=yes"}]}});
+    let (server, n1, agent1) = setup(spec.clone());
+    let n2 = FakeNode::default();
+    let agent2 = Agent::new(client(server.clone()), n2.clone(), config("n2"));
+    let block: crate::k8s::crd::CampaignBlock =
+        serde_json::from_value(spec["campaign"].clone()).unwrap();
+    let campaign = block.campaign("f-uid-1", false).unwrap();
+    assert_eq!(
+        campaign.seed,
+        super::super::select::fnv1a("f-uid-1".bytes())
+    );
+    let pods = ["u0", "u1", "u2", "u3"];
+    let (mut checked, mut busy) = (0, 0);
+    let start = at("2026-12-03T10:00:00Z");
+    for second in 0..180 {
+        let now = start + jiff::SignedDuration::from_secs(second);
+        agent1.sync(&faults(&server), now).await;
+        agent2.sync(&faults(&server), now).await;
+        let live = campaign.live_at(now);
+        let mut want: Vec<(String, String)> = live
+            .iter()
+            .map(|slot| {
+                let uid = pods[campaign.pick(slot, pods.len())];
+                let pod = format!("pod=shop/cart-{}", &uid[1..]);
+                (pod, campaign.spec.faults[slot.fault].rule.clone())
+            })
+            .collect();
+        let mut got: Vec<(String, String)> = Vec::new();
+        for (node, name) in [(&n1, "n1"), (&n2, "n2")] {
+            for s in node.experiments.lock().unwrap().values() {
+                let target = s.target.clone().unwrap();
+                let on = if ["0", "1"].iter().any(|i| target.ends_with(i)) {
+                    "n1"
+                } else {
+                    "n2"
+                };
+                assert_eq!(on, name, "{target} faulted on the wrong node");
+                got.push((target, s.rules[0].clone()));
+            }
+        }
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "at {now}");
+        assert!(live.len() <= 2, "max_concurrent");
+        checked += 1;
+        busy += usize::from(!live.is_empty());
+    }
+    // The schedule had experiments live most of the time, and none at other times.
+    assert!(busy > 60 && busy < checked, "{busy} of {checked}");
+    let status = stored_status(&server);
+    assert!(
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["message"]
+                .as_str()
+                .unwrap()
+                .contains("campaign: next experiment at")),
+        "{status}"
+    );
+}

@@ -33,8 +33,15 @@ pub struct NetworkFaultSpec {
     pub value: Option<String>,
     /// Rules in chaos's rule language (`chaos run --help`); the first that matches a packet
     /// decides, e.g. `proto=tcp dport=6379 delay=100ms jitter=20ms`.
-    #[schemars(length(min = 1, max = 64))]
+    /// Required unless `campaign` gives the faults.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
     pub rules: Vec<String>,
+    /// Random experiments over time instead of `rules` all along: each slot of the schedule
+    /// faults one of the selected pods with one fault of the menu. Every node draws the same
+    /// schedule, pods and faults from the seed (the resource's UID when none is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<CampaignBlock>,
     /// How long the faults last, counted from the resource's creation, e.g. `10m`; the agent's
     /// `--max-duration` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,6 +60,68 @@ pub struct NetworkFaultSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub max_share: Option<u32>,
+}
+
+/// A `NetworkFault`'s campaign: as a daemon's `[[campaign]]`, with the selected pods as targets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CampaignBlock {
+    /// When experiments may run: `Mon-Fri 10:00-16:00 Europe/Berlin`; always when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// Gap between experiments' starts: `15m..45m` or `30m`.
+    pub every: String,
+    /// Length of each experiment: `1m..5m` or `2m`.
+    pub duration: String,
+    /// Most experiments at once (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_concurrent: Option<u32>,
+    /// The weighted menu each experiment draws one rule from.
+    #[schemars(length(min = 1, max = 64))]
+    pub faults: Vec<crate::campaign::Fault>,
+    /// The same seed gives the same schedule (default: from the resource's UID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+impl CampaignBlock {
+    /// The campaign it describes; `uid` seeds it when the block has no seed.
+    pub fn campaign(
+        &self,
+        uid: &str,
+        force: bool,
+    ) -> Result<crate::campaign::Campaign, crate::experiment::ExperimentError> {
+        let faults = self
+            .faults
+            .iter()
+            .map(|f| crate::campaign::Fault {
+                weight: f.weight,
+                rule: if force {
+                    format!("{} force=yes", f.rule)
+                } else {
+                    f.rule.clone()
+                },
+            })
+            .collect();
+        let spec = crate::campaign::CampaignSpec {
+            // Names the daemon's experiments, which the agent names itself.
+            name: "k8s".into(),
+            window: self.window.clone(),
+            every: self.every.clone(),
+            duration: self.duration.clone(),
+            max_concurrent: self.max_concurrent.unwrap_or(1),
+            // The pods are picked by `Campaign::pick` among those selected; this only passes
+            // validation.
+            targets: vec![crate::campaign::Weighted::Plain("pid=1".into())],
+            namespace: None,
+            iface: String::new(),
+            faults,
+            seed: self.seed,
+            stop_conditions: Vec::new(),
+        };
+        crate::campaign::Campaign::new(spec, super::select::fnv1a(uid.bytes()))
+    }
 }
 
 /// How the matching pods are picked.

@@ -188,6 +188,7 @@ mod tests {
             mode,
             value: value.map(str::to_owned),
             rules: vec!["drop=1%".into()],
+            campaign: None,
             duration: None,
             dry_run: false,
             allow_host_network: false,
