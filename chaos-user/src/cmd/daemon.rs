@@ -258,6 +258,12 @@ async fn serve(
                 node: node.clone(),
                 max_duration: args.max_duration,
             };
+            // Every change of the daemon's, whoever asked, is also an Event on this Node.
+            tokio::spawn(crate::k8s::events::publish_audit(
+                client.clone(),
+                node.clone(),
+                manager.audit_feed(),
+            ));
             let manager = manager.clone();
             Some(tokio::spawn(async move {
                 if let Err(e) = crate::k8s::agent::run(client, manager, config).await {

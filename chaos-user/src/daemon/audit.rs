@@ -39,6 +39,8 @@ pub struct Record {
 pub struct Audit {
     file: Option<Mutex<File>>,
     recent: Mutex<VecDeque<Record>>,
+    /// Where records also go (the node agent's Kubernetes Events), once set.
+    forward: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Record>>>,
 }
 
 impl Audit {
@@ -53,6 +55,7 @@ impl Audit {
         Ok(Self {
             file: Some(Mutex::new(file)),
             recent: Mutex::default(),
+            forward: Mutex::default(),
         })
     }
 
@@ -84,6 +87,14 @@ impl Audit {
                 warn!("writing the audit log: {e}");
             }
         }
+        if let Some(tx) = &*self
+            .forward
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            // The receiver is gone only when the daemon stops.
+            let _ = tx.send(record.clone());
+        }
         let mut recent = self
             .recent
             .lock()
@@ -92,6 +103,16 @@ impl Audit {
             recent.pop_front();
         }
         recent.push_back(record);
+    }
+
+    /// Every record from now on is also sent to the returned receiver.
+    pub fn feed(&self) -> tokio::sync::mpsc::UnboundedReceiver<Record> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *self
+            .forward
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+        rx
     }
 
     /// The records kept in memory, oldest first.

@@ -228,6 +228,11 @@ impl Manager {
         &self.audit
     }
 
+    /// Every audit record from now on, as it is written (for Kubernetes Events).
+    pub fn audit_feed(&self) -> tokio::sync::mpsc::UnboundedReceiver<super::audit::Record> {
+        self.audit.feed()
+    }
+
     /// Why the daemon is halted, if it is.
     pub async fn halted(&self) -> Option<String> {
         self.state.lock().await.halted.clone()

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod crd;
+pub mod events;
 #[cfg(any(test, feature = "fake-api"))]
 pub mod fake;
 pub mod select;
