@@ -28,6 +28,10 @@ use crate::{
 pub const MAX_CAMPAIGNS: usize = 32;
 /// Handled slots kept for `chaos campaign get`.
 const RECENT: usize = 20;
+/// How long before its slot an experiment is created, with a start delay: loading and attaching
+/// the program in a workload that has none takes 0.5-2 s, which would otherwise come off the
+/// fault's length; at the slot the start is a rule-set write.
+const PREPARE: Duration = Duration::from_secs(3);
 
 /// A slot as shown: what it makes, and what became of it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -186,6 +190,11 @@ impl Campaigns {
                 Self::planned(&campaign, &s, outcome)
             })
             .collect())
+    }
+
+    /// Every campaign's experiments were ended by someone else (a halt).
+    pub fn forget_running(&self) {
+        self.runs().values_mut().for_each(|r| r.live.clear());
     }
 
     /// Drops every campaign (their tasks stop): the daemon is shutting down.
@@ -447,12 +456,17 @@ impl Manager {
                 why.to_string(),
             ))
         } else {
-            let spec = campaign.experiment_spec(
+            let mut spec = campaign.experiment_spec(
                 &experiment,
                 campaign.spec.targets[slot.target].target(),
                 &campaign.spec.faults[slot.fault].rule,
                 slot.length,
             );
+            let lead =
+                Duration::try_from(slot.start.duration_since(Timestamp::now())).unwrap_or_default();
+            if !lead.is_zero() {
+                spec.start_delay = Some(format!("{}ms", lead.as_millis()));
+            }
             match self
                 .put(spec, Source::Campaign, false, &format!("campaign:{name}"))
                 .await
@@ -546,8 +560,9 @@ async fn drive(manager: Weak<Manager>, name: String, epoch: u64, campaign: Arc<C
             info!(campaign = name, "its window never opens again");
             return;
         };
-        let wait = Duration::try_from(slot.start - Timestamp::now()).unwrap_or_default();
-        tokio::time::sleep(wait).await;
+        let wait =
+            Duration::try_from(slot.start.duration_since(Timestamp::now())).unwrap_or_default();
+        tokio::time::sleep(wait.saturating_sub(PREPARE)).await;
         let Some(me) = manager.upgrade() else { return };
         me.fire(&name, epoch, &campaign, &slot).await;
         after = slot.start + jiff::SignedDuration::from_millis(1);

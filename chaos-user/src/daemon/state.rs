@@ -106,15 +106,20 @@ impl Entry {
     }
 
     fn target(&self) -> Target {
-        let spec = &self.experiment.spec;
-        Target {
-            netns: spec.netns.clone(),
-            workload: spec.target.clone(),
-            namespace: spec.namespace.clone(),
-            // Only a workload target needs it: other targets' keys stay as they were.
-            force: spec.target.is_some() && self.experiment.rules.iter().any(|r| r.force),
-            iface: spec.iface.clone(),
-        }
+        target_of(&self.experiment)
+    }
+}
+
+/// Where an experiment's rules go.
+fn target_of(experiment: &Experiment) -> Target {
+    let spec = &experiment.spec;
+    Target {
+        netns: spec.netns.clone(),
+        workload: spec.target.clone(),
+        namespace: spec.namespace.clone(),
+        // Only a workload target needs it: other targets' keys stay as they were.
+        force: spec.target.is_some() && experiment.rules.iter().any(|r| r.force),
+        iface: spec.iface.clone(),
     }
 }
 
@@ -293,8 +298,37 @@ impl Manager {
         replace: bool,
         who: &str,
     ) -> Result<(bool, ExperimentView), ApiError> {
+        // A start delay counts from the request, not from when the program is ready.
+        let asked = Instant::now();
         let experiment = self.admit(spec).map_err(ApiError::Invalid)?;
+        // A new target's program is loaded and attached before the lock is taken: that takes
+        // 0.5-2 s, in which other experiments' timers must still start and end on time.
+        let target = target_of(&experiment);
+        let fresh = if self.state.lock().await.targets.contains_key(&target) {
+            None
+        } else {
+            Some(
+                self.ports
+                    .start(target.clone())
+                    .await
+                    .map_err(ApiError::Invalid)?,
+            )
+        };
         let mut state = self.state.lock().await;
+        if let Some(worker) = fresh {
+            if state.halted.is_some() || state.targets.contains_key(&target) {
+                // Unused: dropping it waits for its thread to detach, off the async threads.
+                tokio::task::spawn_blocking(move || drop(worker));
+            } else {
+                state.targets.insert(
+                    target,
+                    TargetState {
+                        worker,
+                        slots: BTreeMap::new(),
+                    },
+                );
+            }
+        }
         if let Some(why) = &state.halted {
             return Err(ApiError::Halted(why.clone()));
         }
@@ -345,7 +379,8 @@ impl Manager {
         if entry.started {
             self.start_clock(&mut state, &name);
         } else {
-            self.schedule_start(&name, epoch, entry.experiment.start_delay);
+            let delay = entry.experiment.start_delay.saturating_sub(asked.elapsed());
+            self.schedule_start(&name, epoch, delay);
         }
         info!(name, created, "experiment applied");
         let action = if created { "create" } else { "update" };
@@ -501,6 +536,7 @@ impl Manager {
         let mut state = self.state.lock().await;
         state.halted = Some(why.to_owned());
         let gone = std::mem::take(&mut state.experiments);
+        self.campaigns.forget_running();
         let all: BTreeSet<Target> = state.targets.keys().cloned().collect();
         let result = self.sync(&mut state, &all).await;
         let names: Vec<&str> = gone.keys().map(String::as_str).collect();
