@@ -256,14 +256,17 @@ pub struct RuleAction {
     pub connect_delay_ns: u64,
     /// Only this many connections are chosen, then the rule passes (0: no limit).
     pub max_conns: u32,
-    /// Tells this rule's connection entries from those of an earlier rule in the same slot.
-    pub conn_epoch: u32,
+    /// Tells this rule's per-flow entries (connections, seeded packet counts) from those of an
+    /// earlier rule in the same slot.
+    pub epoch: u32,
     /// Share of packets sent twice (`ACTION_F_DUPLICATE`), scaled by [`PROB_ONE`].
     pub duplicate_prob: u32,
     /// Share of packets with one payload bit flipped (`ACTION_F_CORRUPT`).
     pub corrupt_prob: u32,
     /// Gilbert-Elliott loss (`ACTION_F_GE`), by `GE_*`, each scaled by [`PROB_ONE`].
     pub ge: [u32; 4],
+    /// With `ACTION_F_SEEDED`, what every random draw of the rule derives from (see `seed`).
+    pub seed: u64,
 }
 
 /// The rule keeps per-connection state (`conn-p`, `refuse`, `hang`, `reset`, `max-conns`,
@@ -275,6 +278,9 @@ pub const ACTION_F_DUPLICATE: u32 = 1 << 4;
 pub const ACTION_F_CORRUPT: u32 = 1 << 5;
 /// The rule loses packets by the Gilbert-Elliott model instead of `drop_prob`.
 pub const ACTION_F_GE: u32 = 1 << 6;
+/// The rule's random draws come from `seed`, its packets' flows and their indexes in them, not
+/// from the kernel's generator (`seed=N`): its packets count themselves in `CHAOS_SEED_INDEX`.
+pub const ACTION_F_SEEDED: u32 = 1 << 7;
 
 /// A TCP connection attempt is answered with a RST.
 pub const CONN_F_REFUSE: u32 = 1 << 0;
@@ -312,7 +318,7 @@ pub struct ConnEntry {
     pub first_ns: u64,
     /// UDP: payload bytes that passed the rule's way.
     pub bytes: u64,
-    /// The rule's `conn_epoch` when the entry was made: another rule in the slot starts anew.
+    /// The rule's `epoch` when the entry was made: another rule in the slot starts anew.
     pub epoch: u32,
     /// `generation * MAX_RULES + rule` of the rule, for packets the other way.
     pub index: u32,
@@ -546,6 +552,6 @@ const _: () = assert!(core::mem::size_of::<Ipv6PrefixKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Ipv4TrieKey>() == 5);
 const _: () = assert!(core::mem::size_of::<Ipv6TrieKey>() == 17);
 const _: () = assert!(core::mem::size_of::<PortClasses>() == PORT_BLOCK);
-const _: () = assert!(core::mem::size_of::<RuleAction>() == 128);
+const _: () = assert!(core::mem::size_of::<RuleAction>() == 136);
 const _: () = assert!(core::mem::size_of::<ConnEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);

@@ -13,7 +13,7 @@ use chaos_common::{
 
 use crate::{
     craft::{self, CUT_MAX, TCP_FIN, Tcp},
-    edt::roll,
+    dice::Dice,
     maps::{CHAOS_ACTIONS, CHAOS_CONN_QUOTA, CHAOS_CONNS},
     parse::Flow,
     verdict::silent_drop,
@@ -91,14 +91,14 @@ pub fn forward(
         // SAFETY: a valid map value; racing CPUs may interleave their writes, as with every
         // LRU entry the kernel hands out.
         Some(e)
-            if unsafe { (*e).epoch } == action.conn_epoch
+            if unsafe { (*e).epoch } == action.epoch
                 && syn_seq.is_none_or(|s| s == unsafe { (*e).base_seq }) =>
         {
             e
         }
         _ => {
             first = true;
-            let chosen = choose(action);
+            let chosen = choose(flow, action);
             c.conns_seen += 1;
             c.conns_chosen += u64::from(chosen);
             let base_seq = match seg.tcp {
@@ -109,7 +109,7 @@ pub fn forward(
             let fresh = ConnEntry {
                 first_ns: now,
                 bytes: 0,
-                epoch: action.conn_epoch,
+                epoch: action.epoch,
                 index,
                 base_seq,
                 state: CONN_OPEN,
@@ -334,7 +334,7 @@ fn reverse_entry(
         return None;
     }
     let action = CHAOS_ACTIONS.get(e.index)?;
-    if action.conn_epoch != e.epoch || (action.expires_ns != 0 && now > action.expires_ns) {
+    if action.epoch != e.epoch || (action.expires_ns != 0 && now > action.expires_ns) {
         return None;
     }
     Some((e, action))
@@ -412,8 +412,8 @@ pub fn reverse(
 /// all CPUs without an atomic add (the BPF target's core has none): connections opening at
 /// the same instant on two CPUs may both take the last place.
 #[inline(always)]
-fn choose(action: &RuleAction) -> bool {
-    if !roll(action.conn_prob) {
+fn choose(flow: &Flow, action: &RuleAction) -> bool {
+    if !Dice::for_flow(flow, action).roll(action.conn_prob) {
         return false;
     }
     if action.max_conns == 0 {

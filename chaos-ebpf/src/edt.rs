@@ -2,7 +2,7 @@
 //! only stamps `skb->tstamp`; the `fq` qdisc on the interface holds each packet until then.
 
 use aya_ebpf::{
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_skb_set_tstamp},
+    helpers::{bpf_ktime_get_ns, bpf_skb_set_tstamp},
     programs::TcContext,
 };
 use chaos_common::{
@@ -14,6 +14,7 @@ use chaos_common::{
 };
 
 use crate::{
+    dice::Dice,
     maps::{CHAOS_DIST_TABLES, CHAOS_FLOW_DEPARTURE, CHAOS_RATE},
     parse::Flow,
 };
@@ -33,9 +34,15 @@ pub struct Departure {
 }
 
 /// Computes and stamps the departure time of a packet under `action`, applying only the faults
-/// in `faults` (`ACTION_F_DELAY`, `ACTION_F_RATE`).
+/// in `faults` (`ACTION_F_DELAY`, `ACTION_F_RATE`), with `dice` for `delay-p` and the spread.
 #[inline(always)]
-pub fn schedule(ctx: &TcContext, flow: &Flow, action: &RuleAction, faults: u32) -> Departure {
+pub fn schedule(
+    ctx: &TcContext,
+    flow: &Flow,
+    action: &RuleAction,
+    faults: u32,
+    dice: &mut Dice,
+) -> Departure {
     let faults = faults & action.flags;
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -59,9 +66,9 @@ pub fn schedule(ctx: &TcContext, flow: &Flow, action: &RuleAction, faults: u32) 
             }
         }
     }
-    let delayed = faults & ACTION_F_DELAY != 0 && roll(action.delay_prob);
+    let delayed = faults & ACTION_F_DELAY != 0 && dice.roll(action.delay_prob);
     if delayed {
-        at += sample_delay(action);
+        at += sample_delay(action, dice);
     }
     if action.flags & ACTION_F_REORDER == 0 {
         at = keep_order(flow, at);
@@ -88,13 +95,6 @@ fn wire_len(ctx: &TcContext) -> u64 {
     u64::from(if wire == 0 { ctx.len() } else { wire })
 }
 
-/// True with probability `p` (scaled by `PROB_ONE`).
-#[inline(always)]
-pub fn roll(p: u32) -> bool {
-    // SAFETY: plain helper call.
-    p != 0 && (unsafe { bpf_get_prandom_u32() } >> 1) < p
-}
-
 /// The rule's virtual link: a packet ready at `ready` leaves when the link is free, and keeps it
 /// busy for its transmission time. `None` when it would wait past the rule's queue limit.
 #[inline(always)]
@@ -114,14 +114,13 @@ fn pace(action: &RuleAction, ready: u64, now: u64, bytes: u64) -> Option<u64> {
 
 /// `delay ± jitter` drawn from the rule's distribution, never negative.
 #[inline(always)]
-fn sample_delay(action: &RuleAction) -> u64 {
+fn sample_delay(action: &RuleAction, dice: &mut Dice) -> u64 {
     let delay = action.delay_ns as i64;
     let jitter = action.jitter_ns as i64;
     if jitter == 0 {
         return action.delay_ns;
     }
-    // SAFETY: plain helper call.
-    let random = unsafe { bpf_get_prandom_u32() };
+    let random = dice.draw();
     // Arithmetic shifts, not division: signed division needs BPF ISA v4.
     let offset = if action.dist == DIST_UNIFORM {
         // 16 random bits spread over [-jitter, +jitter).

@@ -1,6 +1,6 @@
 //! The packet faults beyond loss and time: Gilbert-Elliott loss, duplicates, corruption.
 
-use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use chaos_common::{
     RuleAction,
     rules::{GE_LOSS_BAD, GE_LOSS_GOOD, GE_P, GE_R, PROTO_OTHER, PROTO_TCP},
@@ -8,7 +8,7 @@ use chaos_common::{
 
 use crate::{
     craft::{self, Tcp},
-    edt::roll,
+    dice::Dice,
     maps::CHAOS_GE_STATE,
     parse::Flow,
 };
@@ -19,7 +19,7 @@ const BAD: u32 = 1;
 /// Whether the Gilbert-Elliott chain loses this packet: the loss of the state the packet finds,
 /// then the step to the next state (netem's `loss_gilb_ell`).
 #[inline(always)]
-pub fn ge_loses(action: &RuleAction) -> bool {
+pub fn ge_loses(action: &RuleAction, dice: &mut Dice) -> bool {
     let Some(state) = CHAOS_GE_STATE.get_ptr_mut(action.counter_slot) else {
         return false;
     };
@@ -27,14 +27,14 @@ pub fn ge_loses(action: &RuleAction) -> bool {
     let state = unsafe { &mut *state };
     let ge = &action.ge;
     if *state == BAD {
-        let lost = roll(ge[GE_LOSS_BAD]);
-        if roll(ge[GE_R]) {
+        let lost = dice.roll(ge[GE_LOSS_BAD]);
+        if dice.roll(ge[GE_R]) {
             *state = GOOD;
         }
         lost
     } else {
-        let lost = roll(ge[GE_LOSS_GOOD]);
-        if roll(ge[GE_P]) {
+        let lost = dice.roll(ge[GE_LOSS_GOOD]);
+        if dice.roll(ge[GE_P]) {
             *state = BAD;
         }
         lost
@@ -44,15 +44,15 @@ pub fn ge_loses(action: &RuleAction) -> bool {
 /// Sends a share of packets twice: the copy leaves first on egress, after on ingress, and is
 /// never faulted again.
 #[inline(always)]
-pub fn duplicate(ctx: &TcContext, action: &RuleAction, dir: usize) -> bool {
-    roll(action.duplicate_prob) && craft::send_copy(ctx, dir, true)
+pub fn duplicate(ctx: &TcContext, action: &RuleAction, dir: usize, dice: &mut Dice) -> bool {
+    dice.roll(action.duplicate_prob) && craft::send_copy(ctx, dir, true)
 }
 
 /// Flips one random bit of the payload of a share of TCP and UDP packets, keeping the
 /// checksum valid so the receiver takes the damaged byte. A packet without payload is left be.
 #[inline(always)]
-pub fn corrupt(ctx: &TcContext, flow: &Flow, action: &RuleAction) -> bool {
-    if flow.proto == PROTO_OTHER || flow.ports.is_none() || !roll(action.corrupt_prob) {
+pub fn corrupt(ctx: &TcContext, flow: &Flow, action: &RuleAction, dice: &mut Dice) -> bool {
+    if flow.proto == PROTO_OTHER || flow.ports.is_none() || !dice.roll(action.corrupt_prob) {
         return false;
     }
     let header = if flow.proto == PROTO_TCP {
@@ -67,8 +67,7 @@ pub fn corrupt(ctx: &TcContext, flow: &Flow, action: &RuleAction) -> bool {
     if payload == 0 {
         return false;
     }
-    // SAFETY: plain helper calls.
-    let (r1, r2) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+    let (r1, r2) = (dice.draw(), dice.draw());
     let offset = header + ((u64::from(r1) * u64::from(payload)) >> 32) as u32;
     craft::flip_bit(ctx, flow, offset, r2 & 7).is_some()
 }

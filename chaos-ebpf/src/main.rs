@@ -4,6 +4,7 @@
 
 mod conn;
 mod craft;
+mod dice;
 mod edt;
 mod faults;
 mod maps;

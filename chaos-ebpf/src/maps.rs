@@ -13,6 +13,7 @@ use chaos_common::{
         Ipv6PrefixKey, Ipv6TrieKey, MAX_CONNS, MAX_FLOWS, MAX_PREFIXES, MAX_REVERSE_FLOWS,
         MAX_RULES, PORT_BLOCKS, PortClasses, RateState, RuleMask,
     },
+    seed::{MAX_SEEDED_FLOWS, SeedEntry, SeedKey},
 };
 
 /// Single entry: which generation is live.
@@ -121,6 +122,13 @@ pub static CHAOS_CONN_QUOTA: Array<u64> = Array::with_max_entries(MAX_RULES, 0);
 /// netem's is by its one queue.
 #[map]
 pub static CHAOS_GE_STATE: Array<u32> = Array::with_max_entries(MAX_RULES, 0);
+
+/// How many packets of each flow each seeded rule (`seed=`) has seen: the index a packet's draws
+/// derive from. Only seeded rules look it up; the loader sizes it at load (one entry when no
+/// rule is seeded).
+#[map]
+pub static CHAOS_SEED_INDEX: LruHashMap<SeedKey, SeedEntry> =
+    LruHashMap::with_max_entries(MAX_SEEDED_FLOWS, 0);
 
 /// Room to sum a stretch of packet bytes that may lie outside the linear buffer.
 #[map]

@@ -20,7 +20,8 @@ use chaos_common::{
 
 use crate::{
     conn::{self, Reverse},
-    edt::{Departure, hold_for, roll, schedule},
+    dice::Dice,
+    edt::{Departure, hold_for, schedule},
     faults,
     maps::{
         CHAOS_ACTIONS, CHAOS_CONFIG, CHAOS_COUNTERS, CHAOS_DPORT_CLASSES, CHAOS_DST4_HASHED,
@@ -357,10 +358,11 @@ pub fn apply<const EXTENDED: bool>(
         c.matched_bytes += bytes;
     }
     let first = stage & STAGE_FIRST != 0;
+    let mut dice = Dice::for_packet(flow, action);
     let drop = if EXTENDED && action.flags & ACTION_F_GE != 0 {
-        faults::ge_loses(action)
+        faults::ge_loses(action, &mut dice)
     } else {
-        should_drop(action.drop_prob)
+        should_drop(action.drop_prob, &mut dice)
     };
     if drop {
         c.dropped_pkts += 1;
@@ -385,7 +387,7 @@ pub fn apply<const EXTENDED: bool>(
                 Ok(()) | Err(_) => faults = ACTION_F_RATE,
             }
         }
-        match schedule(ctx, flow, action, faults) {
+        match schedule(ctx, flow, action, faults, &mut dice) {
             Departure {
                 overlimit: true, ..
             } => {
@@ -404,10 +406,16 @@ pub fn apply<const EXTENDED: bool>(
     }
     c.held_ns += held_ns;
     // The copy leaves before any corruption of the original, as netem's does.
-    if EXTENDED && action.flags & ACTION_F_DUPLICATE != 0 && faults::duplicate(ctx, action, dir) {
+    if EXTENDED
+        && action.flags & ACTION_F_DUPLICATE != 0
+        && faults::duplicate(ctx, action, dir, &mut dice)
+    {
         c.duplicated_pkts += 1;
     }
-    if EXTENDED && action.flags & ACTION_F_CORRUPT != 0 && faults::corrupt(ctx, flow, action) {
+    if EXTENDED
+        && action.flags & ACTION_F_CORRUPT != 0
+        && faults::corrupt(ctx, flow, action, &mut dice)
+    {
         c.corrupted_pkts += 1;
     }
     if held_ns > 0 && dir == DIR_INGRESS {
@@ -427,7 +435,13 @@ fn delay_returning(
     action: &RuleAction,
     config: &RuntimeConfig,
 ) -> i32 {
-    let d = schedule(ctx, flow, action, ACTION_F_DELAY);
+    let d = schedule(
+        ctx,
+        flow,
+        action,
+        ACTION_F_DELAY,
+        &mut Dice::for_packet(flow, action),
+    );
     if let Some(c) = counters(action) {
         c.delayed_pkts += u64::from(d.delayed);
     }
@@ -499,6 +513,6 @@ pub fn silent_drop() -> i32 {
 /// segments of one GSO packet are lost together, so a TCP flow sees fewer, larger loss events
 /// than on a wire with independent losses.
 #[inline(always)]
-fn should_drop(drop_prob: u32) -> bool {
-    roll(drop_prob)
+fn should_drop(drop_prob: u32, dice: &mut Dice) -> bool {
+    dice.roll(drop_prob)
 }

@@ -10,12 +10,12 @@ use chaos_common::{
     GenSettings, RuleAction,
     rules::{
         ACTION_F_CONN, ACTION_F_CORRUPT, ACTION_F_DELAY, ACTION_F_DUPLICATE, ACTION_F_GE,
-        ACTION_F_RATE, ACTION_F_REORDER, AddrLookup, CONN_F_AFTER_BYTES, CONN_F_AFTER_TIME,
-        CONN_F_CONNECT_DELAY, CONN_F_HANG, CONN_F_REFUSE, CONN_F_RESET, DIR_EGRESS, DIR_INGRESS,
-        DIST_NORMAL, DIST_PARETO, DIST_PARETONORMAL, DIST_UNIFORM, FAMILY_V4, FAMILY_V6,
-        GE_LOSS_BAD, GE_LOSS_GOOD, GE_P, GE_R, GENERATIONS, MAX_HASHED_LENS, MAX_PREFIXES,
-        MAX_RULES, PORT_CLASSES, PORT_DST, PORT_SRC, PROB_ONE, PROTO_OTHER, PROTO_TCP, PROTO_UDP,
-        PortClasses, RuleMask, TABLES, table,
+        ACTION_F_RATE, ACTION_F_REORDER, ACTION_F_SEEDED, AddrLookup, CONN_F_AFTER_BYTES,
+        CONN_F_AFTER_TIME, CONN_F_CONNECT_DELAY, CONN_F_HANG, CONN_F_REFUSE, CONN_F_RESET,
+        DIR_EGRESS, DIR_INGRESS, DIST_NORMAL, DIST_PARETO, DIST_PARETONORMAL, DIST_UNIFORM,
+        FAMILY_V4, FAMILY_V6, GE_LOSS_BAD, GE_LOSS_GOOD, GE_P, GE_R, GENERATIONS, MAX_HASHED_LENS,
+        MAX_PREFIXES, MAX_RULES, PORT_CLASSES, PORT_DST, PORT_SRC, PROB_ONE, PROTO_OTHER,
+        PROTO_TCP, PROTO_UDP, PortClasses, RuleMask, TABLES, table,
     },
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -214,6 +214,14 @@ fn action(rule: &Rule, counter_slot: u32) -> RuleAction {
             a.connect_delay_ns = d.as_nanos() as u64;
         }
         a.max_conns = c.max_conns.unwrap_or(0);
+    }
+    // A rule that leaves nothing to chance has nothing to seed: its packets then skip counting
+    // themselves in their flow.
+    if let Some(seed) = rule.seed
+        && rule.has_randomness()
+    {
+        a.flags |= ACTION_F_SEEDED;
+        a.seed = seed;
     }
     a
 }
@@ -643,6 +651,29 @@ mod tests {
         let s = c.settings();
         assert_eq!(s.conn_reverse[DIR_EGRESS], 1);
         assert_eq!(s.conn_reverse[DIR_INGRESS], 1, "the egress hang rule");
+    }
+
+    #[test]
+    fn seeded_actions() {
+        let c = compile(&rules(&[
+            "drop=30% seed=7",
+            "drop=100% seed=7",
+            "drop=30%",
+            "delay=5ms jitter=1ms seed=18446744073709551615",
+        ]))
+        .unwrap();
+        let [s, certain, plain, jitter] = [0, 1, 2, 3].map(|i| c.actions()[i]);
+        assert_eq!((s.flags, s.seed), (ACTION_F_SEEDED, 7));
+        assert_eq!(
+            (certain.flags, certain.seed),
+            (0, 0),
+            "nothing left to chance: no count to keep"
+        );
+        assert_eq!((plain.flags, plain.seed), (0, 0));
+        assert_eq!(jitter.flags, ACTION_F_DELAY | ACTION_F_SEEDED);
+        assert_eq!(jitter.seed, u64::MAX);
+        assert!(c.seeded());
+        assert!(!compile(&rules(&["drop=30%"])).unwrap().seeded());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!         delay-p=P  rate=RATE  reorder=yes|no  duplicate=P  corrupt=P  loss=ge:P/R[/H[/K]]
 //! conns:  conn-p=P  refuse=yes  hang=yes  reset=yes  after=DURATION  after-bytes=N
 //!         connect-delay=DURATION  max-conns=N
+//! replay: seed=N
 //! ```
 
 use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
@@ -82,6 +83,8 @@ pub enum RuleError {
         b: &'static str,
         why: &'static str,
     },
+    #[error("seed={0}: expected a whole number from 0 to {max}", max = u64::MAX)]
+    Seed(String),
     #[error("{key}={value}: expected a whole number from 1 to {max}")]
     Count {
         key: &'static str,
@@ -103,7 +106,7 @@ pub enum RuleError {
 }
 
 /// Every key of the language, in the order `--help` lists them: the parser's one list.
-pub const KEYS: [&str; 25] = [
+pub const KEYS: [&str; 26] = [
     "dir",
     "proto",
     "dport",
@@ -128,6 +131,7 @@ pub const KEYS: [&str; 25] = [
     "after-bytes",
     "connect-delay",
     "max-conns",
+    "seed",
     "force",
 ];
 
@@ -243,6 +247,9 @@ pub struct Rule {
     pub corrupt: Probability,
     /// Burst loss instead of `drop`.
     pub loss: Option<GilbertElliott>,
+    /// Every random draw of the rule derives from this, the packet's flow and its index in the
+    /// flow, instead of the kernel's generator: the same traffic meets the same faults.
+    pub seed: Option<u64>,
 }
 
 impl Rule {
@@ -255,6 +262,29 @@ impl Rule {
         self.delay.is_some()
             || self.rate.is_some()
             || self.conn.is_some_and(|c| c.connect_delay.is_some())
+    }
+
+    /// Whether any fault of the rule is left to chance: only such a rule has draws to seed.
+    pub fn has_randomness(&self) -> bool {
+        let chance = |p: Probability| p.get() > 0.0 && p.get() < 1.0;
+        chance(self.drop)
+            || self
+                .delay
+                .is_some_and(|d| chance(d.probability) || !d.jitter.is_zero())
+            || self.conn.is_some_and(|c| chance(c.probability))
+            || chance(self.duplicate)
+            || chance(self.corrupt)
+            || self.loss.is_some()
+    }
+
+    /// The rule with `seed` if it has none of its own and draws at all, its text saying so, so
+    /// that what is printed replays; otherwise the rule as it is.
+    pub fn seeded_with(mut self, seed: u64) -> Self {
+        if self.seed.is_none() && self.has_randomness() {
+            self.seed = Some(seed);
+            self.text = format!("{} seed={seed}", self.text);
+        }
+        self
     }
 
     /// The longest a packet of this rule waits in fq from its delay alone: delay plus the
@@ -295,6 +325,7 @@ impl FromStr for Rule {
         let mut rate = None;
         let mut reorder = None;
         let mut force = None;
+        let mut seed = None;
         let mut faults = conn::FaultKeys::default();
         let mut any = false;
         for pair in text.split_whitespace() {
@@ -321,6 +352,7 @@ impl FromStr for Rule {
                 "rate" => set(&mut rate, "rate", parse_rate(value)?)?,
                 "reorder" => set(&mut reorder, "reorder", parse_yes_no("reorder", value)?)?,
                 "force" => set(&mut force, "force", parse_yes_no("force", value)?)?,
+                "seed" => set(&mut seed, "seed", parse_seed(value)?)?,
                 other => {
                     if !faults.take(other, value)? {
                         return Err(RuleError::UnknownKey(other.to_owned()));
@@ -396,6 +428,7 @@ impl FromStr for Rule {
             duplicate: faults.duplicate,
             corrupt: faults.corrupt,
             loss: faults.loss,
+            seed,
         })
     }
 }
@@ -551,6 +584,15 @@ fn parse_rate(value: &str) -> Result<Rate, RuleError> {
     Ok(Rate(bits.round() as u64))
 }
 
+/// Decimal only: the seed is copied from what chaos printed, which is decimal.
+fn parse_seed(value: &str) -> Result<u64, RuleError> {
+    // `parse` alone would take a leading '+'.
+    if !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(RuleError::Seed(value.to_owned()));
+    }
+    value.parse().map_err(|_| RuleError::Seed(value.to_owned()))
+}
+
 fn parse_yes_no(key: &'static str, value: &str) -> Result<bool, RuleError> {
     match value {
         "yes" => Ok(true),
@@ -619,7 +661,7 @@ mod tests {
             ("drop", "'drop' is not key=value"),
             (
                 "color=red",
-                "unknown key 'color' (known: dir, proto, dport, sport, dst, src, drop, delay, jitter, dist, delay-p, rate, reorder, duplicate, corrupt, loss, conn-p, refuse, hang, reset, after, after-bytes, connect-delay, max-conns, force)",
+                "unknown key 'color' (known: dir, proto, dport, sport, dst, src, drop, delay, jitter, dist, delay-p, rate, reorder, duplicate, corrupt, loss, conn-p, refuse, hang, reset, after, after-bytes, connect-delay, max-conns, seed, force)",
             ),
             ("drop=1 drop=0", "key 'drop' given twice"),
             ("dir=sideways", "dir=sideways: expected egress or ingress"),
@@ -696,6 +738,23 @@ mod tests {
                 "reorder=maybe: expected yes or no",
             ),
             ("force=1", "force=1: expected yes or no"),
+            (
+                "drop=1% seed=-1",
+                "seed=-1: expected a whole number from 0 to 18446744073709551615",
+            ),
+            (
+                "seed=18446744073709551616",
+                "seed=18446744073709551616: expected a whole number from 0 to 18446744073709551615",
+            ),
+            (
+                "seed=0x10",
+                "seed=0x10: expected a whole number from 0 to 18446744073709551615",
+            ),
+            (
+                "seed=",
+                "seed=: expected a whole number from 0 to 18446744073709551615",
+            ),
+            ("seed=1 seed=1", "key 'seed' given twice"),
             ("jitter=5ms", "jitter needs delay=..."),
             ("delay-p=50%", "delay-p needs delay=..."),
             ("reorder=yes", "reorder needs delay=..."),
@@ -788,5 +847,60 @@ mod tests {
             parse("src=198.18.0.0/24,198.18.1.5/24"),
             Err(RuleError::HostBits { .. })
         ));
+    }
+
+    #[test]
+    fn seeds() {
+        let r = parse("proto=udp drop=30%  seed=7").unwrap();
+        assert_eq!(r.seed, Some(7));
+        assert_eq!(
+            r.to_string(),
+            "proto=udp drop=30% seed=7",
+            "shown back as given"
+        );
+        assert_eq!(
+            parse(&format!("drop=1% seed={}", u64::MAX)).unwrap().seed,
+            Some(u64::MAX)
+        );
+        assert_eq!(parse("drop=1%").unwrap().seed, None);
+    }
+
+    #[test]
+    fn a_run_seed_goes_to_rules_that_draw_and_have_none() {
+        let seeded = |text: &str| parse(text).unwrap().seeded_with(42);
+        let r = seeded("proto=udp drop=30%");
+        assert_eq!(
+            (r.seed, r.text.as_str()),
+            (Some(42), "proto=udp drop=30% seed=42")
+        );
+        assert_eq!(
+            seeded("drop=30% seed=7").seed,
+            Some(7),
+            "its own seed stays"
+        );
+        for draws in [
+            "delay=5ms jitter=1ms",
+            "delay=5ms delay-p=50%",
+            "proto=tcp conn-p=50% hang=yes",
+            "duplicate=1%",
+            "corrupt=1%",
+            "loss=ge:1%/30%",
+        ] {
+            assert_eq!(seeded(draws).seed, Some(42), "{draws}");
+        }
+        for certain in [
+            "drop=100%",
+            "drop=0",
+            "delay=5ms",
+            "rate=1mbit",
+            "proto=tcp refuse=yes",
+        ] {
+            let r = seeded(certain);
+            assert_eq!(
+                (r.seed, r.text.as_str()),
+                (None, certain),
+                "nothing to seed"
+            );
+        }
     }
 }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use chaos_common::{
     GenSettings, RuleAction,
     rules::{
-        ACTION_F_CONN, ACTION_F_CORRUPT, ACTION_F_DUPLICATE, ACTION_F_GE, MAX_GUARD_PORTS,
-        PortClasses, RuleMask, TABLES,
+        ACTION_F_CONN, ACTION_F_CORRUPT, ACTION_F_DUPLICATE, ACTION_F_GE, ACTION_F_SEEDED,
+        MAX_GUARD_PORTS, PortClasses, RuleMask, TABLES,
     },
 };
 use ipnet::IpNet;
@@ -96,7 +96,7 @@ impl RuleSetBuilder {
                 action.drop_prob = 0;
                 action.flags = 0;
             }
-            action.conn_epoch = conn_epoch(action.counter_slot, &options.expires_at, action);
+            action.epoch = epoch(action.counter_slot, &options.expires_at, action);
         }
         let faulting: Vec<Rule> = self
             .rules
@@ -116,17 +116,18 @@ impl RuleSetBuilder {
     }
 }
 
-/// Tells a rule's connection entries from those of whatever held its slot before: the same
-/// rule (slot, end, action) keeps its connections across rule set changes, any other starts
-/// anew. Never 0, so a zeroed entry is never taken for one of the rule's.
-fn conn_epoch(slot: u32, expires_at: &Option<Instant>, action: &RuleAction) -> u32 {
+/// Tells a rule's per-flow entries (connections, seeded packet counts) from those of whatever
+/// held its slot before: the same rule (slot, end, action, seed) keeps its connections and
+/// counts across rule set changes, any other starts anew. Never 0, so a zeroed entry is never
+/// taken for one of the rule's.
+fn epoch(slot: u32, expires_at: &Option<Instant>, action: &RuleAction) -> u32 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     slot.hash(&mut h);
     expires_at.hash(&mut h);
     let a = RuleAction {
         expires_ns: 0,
-        conn_epoch: 0,
+        epoch: 0,
         ..*action
     };
     format!("{a:?}").hash(&mut h);
@@ -242,6 +243,11 @@ impl RuleSet {
     /// Whether some rule keeps connection state (to size the connection table).
     pub fn tracks_connections(&self) -> bool {
         self.actions.iter().any(|a| a.flags & ACTION_F_CONN != 0)
+    }
+
+    /// Whether some rule draws from its seed, counting its flows' packets (to size that count).
+    pub fn seeded(&self) -> bool {
+        self.actions.iter().any(|a| a.flags & ACTION_F_SEEDED != 0)
     }
 
     /// How many prefixes each address table hashes (to size the datapath's maps).

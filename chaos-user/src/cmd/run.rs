@@ -1,12 +1,13 @@
 //! `chaos run`: inject faults on one interface in the foreground until stopped.
 
 use std::{
-    io::{IsTerminal as _, Write as _},
+    io::{IsTerminal as _, Read as _, Write as _},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result};
 use clap::{Args, ValueEnum};
+use serde::Serialize;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
@@ -17,7 +18,7 @@ use crate::{
     host,
     injector::{Injector, InjectorError},
     netns,
-    report::{RuleReport, json_lines, table},
+    report::{RuleReport, table},
     rule::{Direction, Rule},
     ruleset::{RuleOptions, RuleSet, RuleSetBuilder},
     target::Target,
@@ -90,6 +91,12 @@ pub struct RunArgs {
     /// At least 100ms.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = duration::flag(Bounds::LEASE))]
     pub lease: Duration,
+
+    /// Seed every rule that leaves something to chance and has no seed= of its own: the same
+    /// traffic then meets the same faults, run after run. Without it, and with no rule seeded,
+    /// chaos picks a seed, prints it and puts it in each rule's report.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
 }
 
 const RULE_HELP: &str = "\
@@ -116,6 +123,7 @@ RULE is space-separated key=value pairs:
   after-bytes=N          start hang or reset once exactly N payload bytes passed the rule's way
   connect-delay=D        hold a chosen connection's first packet (the SYN) for D (needs fq)
   max-conns=N            choose only the rule's first N connections
+  seed=N                 draw from N instead of the kernel's generator (below; 0 to 2^64-1)
   force=yes              allow matching an excluded TCP port (--exclude-ports)
 
 Examples:
@@ -127,6 +135,14 @@ max-conns applies all its faults to the chosen connections only. 'First data' is
 packet with payload or FIN either way (a UDP flow's first datagram). loss=ge:P/R[/H[/K]]:
 P good to bad, R bad to good, H delivered when bad (default 0), K when good (default 1);
 mean loss P/(P+R)*(1-H) + R/(P+R)*(1-K), bad runs of 1/R packets on average.
+
+Replay: a seeded rule's every draw (drop, delay-p, jitter, conn-p, duplicate, corrupt,
+Gilbert-Elliott) is a function of the seed, the packet's flow (addresses, ports, protocol) and
+its index in that flow, so the same datagrams meet the same faults run after run. chaos run
+seeds every rule that leaves something to chance with --seed N, or, when neither --seed nor
+any rule gives one, with a seed it picks and prints ('chaos: seed N (replay with --seed N)';
+in the report, the rule's spec and the JSON 'seed' field). TCP replays only as far as the
+sender repeats its packets: timing changes how it batches and resends them.
 
 Loss is silent as on a wire: senders are not told. A TCP super-packet (GSO) is lost whole,
 with probability P, so TCP bulk traffic loses the share P of its segments in bursts.
@@ -141,10 +157,13 @@ means bad input or an unfit environment; nothing was attached.";
 struct Plan {
     set: RuleSet,
     directions: Vec<Direction>,
+    /// The seed of the rules that took the run's (`--seed` or picked), to print.
+    seed: Option<u64>,
 }
 
-fn plan(args: &RunArgs) -> Result<Plan, InputError> {
-    let rules = args
+/// `picked` seeds the rules that draw when neither `--seed` nor any rule gives a seed.
+fn plan(args: &RunArgs, picked: u64) -> Result<Plan, InputError> {
+    let rules: Vec<Rule> = args
         .rules
         .iter()
         .map(|text| {
@@ -152,6 +171,18 @@ fn plan(args: &RunArgs) -> Result<Plan, InputError> {
                 .map_err(|e| InputError(format!("--rule '{text}': {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let own_seed = rules.iter().any(|r| r.seed.is_some());
+    let seed = match args.seed {
+        Some(seed) => Some(seed),
+        None if !own_seed => Some(picked),
+        None => None,
+    };
+    let rules: Vec<Rule> = match seed {
+        Some(seed) => rules.into_iter().map(|r| r.seeded_with(seed)).collect(),
+        None => rules,
+    };
+    // Printed only if some rule took it: a run without chance has nothing to replay.
+    let seed = seed.filter(|s| rules.iter().any(|r| r.seed == Some(*s)));
     let guard = Guard::new(&args.exclude_ports, &[]).map_err(InputError)?;
     for (rule, text) in rules.iter().zip(&args.rules) {
         guard
@@ -172,13 +203,24 @@ fn plan(args: &RunArgs) -> Result<Plan, InputError> {
     Ok(Plan {
         directions: set.directions(),
         set,
+        seed,
     })
+}
+
+/// A seed for a run that was given none: below 2^53, so that a JSON reader holding numbers as
+/// doubles (JavaScript, jq) reads back exactly the seed that replays the run.
+fn pick_seed() -> Result<u64> {
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom for a seed")?;
+    Ok(u64::from_ne_bytes(bytes) >> 11)
 }
 
 /// Validates, enters the namespace, loads and attaches, then runs until stopped. Must run
 /// before any other thread exists (see `netns::enter`).
 pub fn run(args: RunArgs) -> Result<()> {
-    let plan = plan(&args)?;
+    let plan = plan(&args, pick_seed()?)?;
     let effective = caps::effective().context("reading capabilities")?;
     let enters = args.netns.is_some() || args.target.is_some();
     if let Some(cap) = caps::missing_for_run(effective, enters).first() {
@@ -261,6 +303,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         (None, Some(w)) => format!(" in {}", w.description),
         (None, None) => String::new(),
     };
+    if let Some(seed) = plan.seed {
+        eprintln!("chaos: seed {seed} (replay with --seed {seed})");
+    }
     announce(&args, &iface, &place, &plan.directions);
 
     let live = args.output == Output::Text && std::io::stdout().is_terminal();
@@ -279,14 +324,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     let reports = reports(&injector, rules)?;
     // A workload that is gone took its interface with it: nothing was left to detach.
     if waited? == Ended::Gone {
-        print_final(&reports, args.output)?;
+        print_final(&reports, rules, args.output)?;
         let what = workload
             .as_ref()
             .map_or("the target", |w| w.description.as_str());
         anyhow::bail!("{what} is gone (its process ended): stopped");
     }
     closed?;
-    print_final(&reports, args.output)
+    print_final(&reports, rules, args.output)
 }
 
 /// Why the wait ended.
@@ -420,10 +465,31 @@ fn redraw(text: &str, previous_lines: usize) -> Result<usize> {
     Ok(text.lines().count())
 }
 
-fn print_final(reports: &[RuleReport], output: Output) -> Result<()> {
+/// A rule's JSON line: its counters and the seed its draws came from (null: the kernel's
+/// generator, or nothing left to chance).
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    #[serde(flatten)]
+    report: &'a RuleReport,
+    seed: Option<u64>,
+}
+
+fn json_lines(reports: &[RuleReport], rules: &[Rule]) -> serde_json::Result<String> {
+    let mut out = String::new();
+    for (report, rule) in reports.iter().zip(rules) {
+        out.push_str(&serde_json::to_string(&JsonLine {
+            report,
+            seed: rule.seed,
+        })?);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+fn print_final(reports: &[RuleReport], rules: &[Rule], output: Output) -> Result<()> {
     let text = match output {
         Output::Text => table(reports),
-        Output::Json => json_lines(reports)?,
+        Output::Json => json_lines(reports, rules)?,
     };
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
@@ -448,24 +514,99 @@ mod tests {
             lease: Duration::from_secs(3),
             exclude_ports: guard::DEFAULT_EXCLUDED_PORTS.to_vec(),
             dry_run: false,
+            seed: None,
         }
     }
 
     #[test]
     fn plan_collects_directions_in_order() {
-        let p = plan(&args(&[
-            "dir=ingress drop=1",
-            "drop=1",
-            "dir=ingress dport=1",
-        ]))
+        let p = plan(
+            &args(&["dir=ingress drop=1", "drop=1", "dir=ingress dport=1"]),
+            0,
+        )
         .unwrap();
         assert_eq!(p.directions, vec![Direction::Ingress, Direction::Egress]);
     }
 
     #[test]
     fn plan_names_the_bad_rule() {
-        let err = plan(&args(&["drop=1", "dport=0"])).unwrap_err().to_string();
+        let err = plan(&args(&["drop=1", "dport=0"]), 0)
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "--rule 'dport=0': dport=0: ports are 1-65535");
+    }
+
+    #[test]
+    fn seeds_for_the_run() {
+        let seeds = |a: &RunArgs| {
+            let p = plan(a, 99).unwrap();
+            let texts: Vec<String> = p.set.rules().iter().map(|r| r.text.clone()).collect();
+            (p.seed, texts)
+        };
+        // Picked for the rules that draw when nothing gives a seed, and printed.
+        assert_eq!(
+            seeds(&args(&["drop=30%", "drop=100%"])),
+            (
+                Some(99),
+                vec!["drop=30% seed=99".into(), "drop=100%".into()]
+            )
+        );
+        // Nothing left to chance: nothing to print.
+        assert_eq!(
+            seeds(&args(&["drop=100%"])),
+            (None, vec!["drop=100%".into()])
+        );
+        // A rule's own seed: the run picks none, the other rules draw as they did.
+        assert_eq!(
+            seeds(&args(&["drop=30% seed=7", "drop=20%"])),
+            (None, vec!["drop=30% seed=7".into(), "drop=20%".into()])
+        );
+        // --seed: every rule that draws and has no seed of its own.
+        let mut given = args(&["drop=30% seed=7", "delay=5ms jitter=1ms"]);
+        given.seed = Some(5);
+        assert_eq!(
+            seeds(&given),
+            (
+                Some(5),
+                vec![
+                    "drop=30% seed=7".into(),
+                    "delay=5ms jitter=1ms seed=5".into()
+                ]
+            )
+        );
+    }
+
+    #[test]
+    fn json_lines_carry_each_rule_seed() {
+        let rules: Vec<Rule> = ["drop=30% seed=7", "drop=1"]
+            .iter()
+            .map(|t| t.parse().unwrap())
+            .collect();
+        let reports: Vec<RuleReport> = rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| RuleReport::new(i, r, &Default::default()))
+            .collect();
+        let lines: Vec<serde_json::Value> = json_lines(&reports, &rules)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["seed"], 7);
+        assert_eq!(lines[0]["spec"], "drop=30% seed=7");
+        assert_eq!(
+            lines[0]["matched_packets"], 0,
+            "the counters are flattened in"
+        );
+        assert!(lines[1]["seed"].is_null());
+    }
+
+    #[test]
+    fn a_picked_seed_survives_a_json_double() {
+        for _ in 0..100 {
+            let seed = pick_seed().unwrap();
+            assert_eq!(seed as f64 as u64, seed);
+        }
     }
 
     #[test]

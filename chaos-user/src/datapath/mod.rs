@@ -18,6 +18,7 @@ use chaos_common::{
         CONFIG_F_CLONES, CONFIG_F_REVERSE_TCP_DELAY, DIR_EGRESS, DIR_INGRESS, DistTable, FlowKey,
         MAX_CONNS, MAX_FLOWS, MAX_REVERSE_FLOWS, TABLES,
     },
+    seed::MAX_SEEDED_FLOWS,
 };
 pub use links::AttachMode;
 use links::Links;
@@ -95,6 +96,8 @@ pub struct Capacity {
     pub reverse_flows: u32,
     /// Connections that connection rules (`conn-p`, `refuse`, `hang`, `reset`, ...) track.
     pub conns: u32,
+    /// Flows whose packets seeded rules (`seed=`) count, each rule apart.
+    pub seeded_flows: u32,
 }
 
 impl Capacity {
@@ -104,6 +107,7 @@ impl Capacity {
         flows: MAX_FLOWS,
         reverse_flows: MAX_REVERSE_FLOWS,
         conns: MAX_CONNS,
+        seeded_flows: MAX_SEEDED_FLOWS,
     };
 
     /// Each interface of a daemon, whose rule sets come later: about 0.7 MiB in all. Delay
@@ -113,6 +117,8 @@ impl Capacity {
         flows: 2048,
         reverse_flows: 1024,
         conns: 2048,
+        // 64 KiB: seeded experiments replay exactly up to 512 live flows per interface.
+        seeded_flows: 512,
     };
 
     /// Exactly what `set` needs (`chaos run`, whose rule set is known before loading).
@@ -131,6 +137,7 @@ impl Capacity {
             } else {
                 1
             },
+            seeded_flows: if set.seeded() { MAX_SEEDED_FLOWS } else { 1 },
         }
     }
 }
@@ -201,6 +208,7 @@ impl Datapath {
         loader.map_max_entries("CHAOS_FLOW_DEPARTURE", capacity.flows.max(1));
         loader.map_max_entries("CHAOS_REVERSE_DELAY", capacity.reverse_flows.max(1));
         loader.map_max_entries("CHAOS_CONNS", capacity.conns.max(1));
+        loader.map_max_entries("CHAOS_SEED_INDEX", capacity.seeded_flows.max(1));
         let mut ebpf = loader.load(PROGRAM_OBJECT).map_err(DatapathError::Load)?;
         for direction in [Direction::Ingress, Direction::Egress] {
             let name = program_name(direction);

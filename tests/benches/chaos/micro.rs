@@ -6,7 +6,8 @@
 //! "conn_miss_reverse_over_plain_ns", "conn_hit_reverse_over_plain_ns", "matched_pkts",
 //! "conns_seen" }, "cases": [ { "family": "ipv4"|"ipv6", "proto": "udp"|"tcp", "rules",
 //! "prefixes", "kind", "path": "hit-pass"|"hit-drop"|"hit-delay"|"miss"|"miss-reverse"|
-//! "hit-conn"|"miss-conn"|"hit-conn-reverse"|"miss-conn-reverse", "median_ns",
+//! "hit-conn"|"miss-conn"|"hit-conn-reverse"|"miss-conn-reverse"|"hit-chance"|
+//! "hit-chance-seeded", "median_ns",
 //! "noop_median_ns", "delta_ns", "ratio", "rounds_ns": [..] } ] }`. `delta_ns` is the median
 //! over rounds of (program - no-op) taken within each round. The TCP cases carry a 6-byte
 //! segment of an open connection: "*-conn*" under a connection rule (`proto=tcp dport=9000
@@ -15,7 +16,9 @@
 //! server's reply. `conn_*_over_plain_ns` are medians over rounds of the difference of two
 //! cases' Δ within each round (IPv4; the reverse hit against the plain rule's reverse miss),
 //! and `matched_pkts`/`conns_seen` the connection rule's counters over the last round's
-//! "hit-conn" runs.
+//! "hit-conn" runs. `seed` holds `seeded_over_unseeded_ns`: per round, Δ of "hit-chance-seeded"
+//! (`drop=30% seed=7`) minus Δ of "hit-chance" (`drop=30%`), the median (IPv4 UDP, 1 rule);
+//! and `seeded_dropped`/`seeded_matched`, the seeded rule's counters over the last round.
 
 use aya::{
     Ebpf,
@@ -46,6 +49,9 @@ const CONN_HIT_BUDGET_NS: f64 = 40.0;
 /// a cost (on the rule's way a packet no rule matches never reaches the connection table).
 /// Eight runs on a shared 2-core machine read -4 to +9 ns.
 const CONN_MISS_NOISE_NS: f64 = 10.0;
+/// What drawing from a seed (counting the packet in its flow, then mixing) may cost over a
+/// draw from the kernel's generator, per packet.
+const SEEDED_BUDGET_NS: f64 = 40.0;
 /// `TC_ACT_UNSPEC` as BPF_PROG_TEST_RUN returns it: chaos's "pass".
 const PASSED: u32 = u32::MAX;
 
@@ -174,12 +180,25 @@ pub fn run(ctx: &Ctx) -> Section {
     let mut cases = Vec::new();
     for v6 in [false, true] {
         for &(rules, prefixes, shape) in scales {
-            for (path, fault, dport) in [
+            // The seeded and unseeded draw at one scale: what a seed adds does not grow with
+            // the rule set (it follows the match).
+            let chance: &[_] = if rules == 1 && prefixes == 1 && shape == Shape::Hosts {
+                &[
+                    ("hit-chance", Fault::Chance, HIT_PORT),
+                    ("hit-chance-seeded", Fault::SeededChance, HIT_PORT),
+                ]
+            } else {
+                &[]
+            };
+            for &(path, fault, dport) in [
                 ("hit-pass", Fault::Pass, HIT_PORT),
                 ("miss", Fault::Pass, MISS_PORT),
                 ("hit-drop", Fault::Drop, HIT_PORT),
                 ("hit-delay", Fault::Delay, HIT_PORT),
-            ] {
+            ]
+            .iter()
+            .chain(chance)
+            {
                 cases.push(Case {
                     v6,
                     tcp: false,
@@ -242,6 +261,8 @@ pub fn run(ctx: &Ctx) -> Section {
         .collect();
     // The connection rule's counters over the last round's "hit-conn" runs.
     let mut conn_counters = RuleCounters::default();
+    // The seeded rule's over the last round's IPv4 "hit-chance-seeded" runs.
+    let mut seeded_counters = RuleCounters::default();
     // Cases sharing a rule set run back to back, so each set is written once per round.
     for round in 0..rounds {
         let mut applied: Option<(bool, bool, usize, usize, Shape, Fault)> = None;
@@ -269,7 +290,7 @@ pub fn run(ctx: &Ctx) -> Section {
                 dp.apply(&set).expect("write the rule set");
                 applied = Some(key);
             }
-            if case.path == "hit-conn" {
+            if case.path == "hit-conn" || case.path == "hit-chance-seeded" {
                 dp.reset_counters(0).expect("reset rule 0's counters");
             }
             let dir = if case.ingress {
@@ -299,6 +320,17 @@ pub fn run(ctx: &Ctx) -> Section {
                         && conn_counters.conns_seen <= 1
                         && conn_counters.conn_dropped_pkts == 0,
                     "{conn_rule}: not a connection-state hit: {conn_counters:?}"
+                );
+            }
+            if case.path == "hit-chance-seeded" && !case.v6 {
+                // Every run is the same flow's next packet: its count found and stepped, and
+                // the seed's draws dropping their share.
+                seeded_counters = dp.counters_of(0).expect("rule 0's counters");
+                let share = seeded_counters.dropped_pkts as f64 / f64::from(repeat);
+                assert!(
+                    seeded_counters.matched_pkts == u64::from(repeat)
+                        && (0.25..0.35).contains(&share),
+                    "drop=30% seed=7: not a seeded draw: {seeded_counters:?}"
                 );
             }
             case.samples.push((p, n));
@@ -448,6 +480,30 @@ pub fn run(ctx: &Ctx) -> Section {
         ),
         back_miss.abs() <= CONN_MISS_NOISE_NS,
     );
+    let seeded = {
+        let (a, b) = (
+            case(false, false, 1, 1, Shape::Hosts, "hit-chance-seeded"),
+            case(false, false, 1, 1, Shape::Hosts, "hit-chance"),
+        );
+        let d: Vec<f64> = a
+            .samples
+            .iter()
+            .zip(&b.samples)
+            .map(|(x, y)| (x.0 - x.1) - (y.0 - y.1))
+            .collect();
+        median(&d)
+    };
+    let (_, _, chance_d) = find(false, 1, 1, Shape::Hosts, "hit-chance");
+    let (_, _, seeded_d) = find(false, 1, 1, Shape::Hosts, "hit-chance-seeded");
+    section.target(
+        "seeded draw cost",
+        &format!("a seeded draw (seed=) within {SEEDED_BUDGET_NS:.0} ns of an unseeded one"),
+        format!(
+            "{seeded:+.1} ns (Δ over no-op: drop=30% seed=7 {seeded_d:.1}, drop=30% \
+             {chance_d:.1} ns; IPv4 UDP, 1 rule)"
+        ),
+        seeded <= SEEDED_BUDGET_NS,
+    );
     section.data = json!({
         "repeat": repeat,
         "rounds": rounds,
@@ -461,6 +517,11 @@ pub fn run(ctx: &Ctx) -> Section {
             "conn_hit_reverse_over_plain_ns": back_hit,
             "matched_pkts": conn_counters.matched_pkts,
             "conns_seen": conn_counters.conns_seen,
+        },
+        "seed": {
+            "seeded_over_unseeded_ns": seeded,
+            "seeded_matched": seeded_counters.matched_pkts,
+            "seeded_dropped": seeded_counters.dropped_pkts,
         },
         "cases": Value::Array(json_cases),
     });
@@ -495,6 +556,17 @@ pub fn run(ctx: &Ctx) -> Section {
          connection begin (the entry made by the first run; every later run found it). The \
          targets compare IPv4 Δs taken in the same round.",
         conn_counters.matched_pkts, conn_counters.conns_seen
+    ));
+    section.note(format!(
+        "Seeded draws: hit-chance runs `drop=30%` (one draw from bpf_get_prandom_u32), \
+         hit-chance-seeded `drop=30% seed=7`: the packet is counted in its flow's entry of an \
+         LRU hash keyed by rule and flow (4,096 entries, as `chaos run` sizes it when a rule \
+         is seeded), and its draw mixed from the seed, the flow and that count (splitmix64). \
+         Every run is the same flow's next packet; over the last round the seeded rule dropped \
+         {} of {} ({:.1} %). The unseeded rules never look the count up.",
+        seeded_counters.dropped_pkts,
+        seeded_counters.matched_pkts,
+        100.0 * seeded_counters.dropped_pkts as f64 / seeded_counters.matched_pkts.max(1) as f64
     ));
     section.note(
         "hit-drop returns the silent-drop redirect; under BPF_PROG_TEST_RUN the redirect is not \

@@ -30,6 +30,10 @@ pub enum Fault {
     Pass,
     /// drop=100%.
     Drop,
+    /// drop=30%: one draw from the kernel's generator per packet.
+    Chance,
+    /// drop=30% seed=7: one draw from the seed, after counting the packet in its flow.
+    SeededChance,
     /// delay=10ms: the departure-time path runs (EDT stamp, flow order).
     Delay,
     /// hang=yes after=1h: a connection rule (TCP or UDP only). Its packets go through the fault
@@ -96,6 +100,8 @@ fn build(
     let fault = match fault {
         Fault::Pass => "drop=0",
         Fault::Drop => "drop=100%",
+        Fault::Chance => "drop=30%",
+        Fault::SeededChance => "drop=30% seed=7",
         Fault::Delay => "delay=10ms",
         Fault::Conn => CONN_FAULT,
     };
