@@ -70,7 +70,7 @@ fn is_one(n: &u32) -> bool {
 
 /// A target, alone (weight 1) or weighted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, deny_unknown_fields)]
 pub enum Weighted {
     Plain(String),
     Weighted { weight: u32, target: String },
@@ -194,6 +194,12 @@ impl Campaign {
             if f.weight == 0 {
                 return Err(bad(&format!("faults[{i}].weight"), "at least 1".into()));
             }
+        }
+        if spec.stop_conditions.len() > 8 {
+            return Err(bad("stop_conditions", "at most 8".into()));
+        }
+        for (i, c) in spec.stop_conditions.iter().enumerate() {
+            c.probe(&format!("stop_conditions[{i}]"))?;
         }
         spec.seed.get_or_insert(default_seed);
         let seed = spec.seed.unwrap_or(default_seed);

@@ -186,6 +186,15 @@ fn errors_name_the_field() {
         err(&WEEKDAYS.replace("weight = 3", "weight = 0")),
         "faults[0].weight: at least 1"
     );
+    let probe = format!("{WEEKDAYS}stop_conditions = [{{ kind = \"http\", url = \"ftp://x\" }}]\n");
+    assert!(
+        err(&probe).starts_with("stop_conditions[0]"),
+        "{}",
+        err(&probe)
+    );
+    // A weighted target takes exactly weight and target.
+    let extra = WEEKDAYS.replace("weight = 2, target", "weight = 2, colour = \"red\", target");
+    assert!(toml::from_str::<CampaignSpec>(&extra).is_err());
     assert_eq!(
         err(&WEEKDAYS.replace("weekday-chaos", &"x".repeat(41))),
         "name: longer than 40 characters (its experiments add the start time)"
