@@ -137,13 +137,12 @@ impl Campaigns {
         }
     }
 
-    fn view(name: &str, run: &mut Run) -> CampaignView {
+    fn view(run: &mut Run) -> CampaignView {
         let state = match (&run.stopped, run.paused) {
             (Some(_), _) => CampaignState::Stopped,
             (None, true) => CampaignState::Paused,
             (None, false) => CampaignState::Active,
         };
-        let _ = name;
         CampaignView {
             spec: run.campaign.spec.clone(),
             source: run.source,
@@ -164,7 +163,7 @@ impl Campaigns {
 
     pub fn list(&self) -> Vec<CampaignView> {
         let mut runs = self.runs();
-        runs.iter_mut().map(|(n, r)| Self::view(n, r)).collect()
+        runs.values_mut().map(Self::view).collect()
     }
 
     pub fn get(&self, name: &str) -> Result<CampaignView, ApiError> {
@@ -172,7 +171,7 @@ impl Campaigns {
         let run = runs
             .get_mut(name)
             .ok_or_else(|| ApiError::NoCampaign(name.to_owned()))?;
-        Ok(Self::view(name, run))
+        Ok(Self::view(run))
     }
 
     /// The next `count` slots from now, as planned (skips the schedule makes included).
@@ -319,7 +318,7 @@ impl Manager {
         let view = {
             let mut runs = self.campaigns().runs();
             let run = runs.entry(name.clone()).insert_entry(run).into_mut();
-            Self::campaign_view(&name, run)
+            Campaigns::view(run)
         };
         info!(name, created, "campaign applied");
         self.audit().record(
@@ -334,10 +333,6 @@ impl Manager {
             None,
         );
         Ok((created, view))
-    }
-
-    fn campaign_view(name: &str, run: &mut Run) -> CampaignView {
-        Campaigns::view(name, run)
     }
 
     /// Deletes a campaign; its running experiments end at once.
