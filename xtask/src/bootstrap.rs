@@ -31,6 +31,8 @@ const APT_PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "containernetworking-plugins",
+    // The podman harness's network backend (tests/src/podman.rs); only a Recommends of podman.
+    "netavark",
     "busybox-static",
     "containerd",
     "protobuf-compiler",
