@@ -350,8 +350,10 @@ impl Manager {
         let started = experiment.start_delay.is_zero();
         let entry = Entry {
             started,
+            // Like a start delay, a duration counts from the request: the program's load
+            // (above) comes off it, as it always did.
             expires_at: started
-                .then(|| experiment.duration.map(|d| Instant::now() + d))
+                .then(|| experiment.duration.map(|d| asked + d))
                 .flatten(),
             experiment,
             source,
