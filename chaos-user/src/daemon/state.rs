@@ -315,8 +315,22 @@ impl Manager {
             )
         };
         let mut state = self.state.lock().await;
+        let name = experiment.spec.name.clone();
+        let exists = state.experiments.contains_key(&name);
+        let refused = if let Some(why) = &state.halted {
+            Some(ApiError::Halted(why.clone()))
+        } else if exists && !replace {
+            Some(ApiError::Conflict(name.clone()))
+        } else if !exists && state.experiments.len() >= MAX_EXPERIMENTS {
+            Some(ApiError::Invalid(ExperimentError::new(
+                "name",
+                format!("the daemon already holds {MAX_EXPERIMENTS} experiments"),
+            )))
+        } else {
+            None
+        };
         if let Some(worker) = fresh {
-            if state.halted.is_some() || state.targets.contains_key(&target) {
+            if refused.is_some() || state.targets.contains_key(&target) {
                 // Unused: dropping it waits for its thread to detach, off the async threads.
                 tokio::task::spawn_blocking(move || drop(worker));
             } else {
@@ -329,20 +343,10 @@ impl Manager {
                 );
             }
         }
-        if let Some(why) = &state.halted {
-            return Err(ApiError::Halted(why.clone()));
+        if let Some(e) = refused {
+            return Err(e);
         }
-        let name = experiment.spec.name.clone();
         let old = state.experiments.get(&name);
-        if old.is_some() && !replace {
-            return Err(ApiError::Conflict(name));
-        }
-        if old.is_none() && state.experiments.len() >= MAX_EXPERIMENTS {
-            return Err(ApiError::Invalid(ExperimentError::new(
-                "name",
-                format!("the daemon already holds {MAX_EXPERIMENTS} experiments"),
-            )));
-        }
         let created = old.is_none();
         let mut touched: BTreeSet<Target> = old.iter().map(|e| e.target()).collect();
         let seq = old.map_or(state.next_seq, |e| e.seq);
