@@ -867,6 +867,16 @@ impl Daemon {
         self.process.wait_for_stderr(text, timeout)
     }
 
+    /// The daemon's `/metrics`, over its socket.
+    pub fn metrics(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-s", "--unix-socket", self.socket.to_str().unwrap()])
+            .arg("http://chaos/metrics")
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs a `chaos` client command against this daemon.
     pub fn ctl(&self, args: &[&str]) -> ChaosExit {
         let mut all = args.to_vec();
@@ -889,6 +899,18 @@ pub fn chaos_output(args: &[&str]) -> ChaosExit {
 }
 
 pub mod cri;
+pub mod serve;
+
+/// Polls `done` every 10 ms until it holds and returns how long that took; panics naming
+/// `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    start.elapsed()
+}
 /// Running tests on a second kernel: Debian's 6.12 (which has sch_fq, sch_netem, ifb) under
 /// qemu, booted from the host's own root filesystem by `vm/run-in-vm.sh`.
 pub mod podman;

@@ -4,24 +4,11 @@
 //! chi-squared test over 20,000 draws is a unit test of the same schedule code
 //! (`campaign::tests`); the twenty-odd draws of a 20-second window could not test weights.
 
-use std::{
-    net::SocketAddr,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, time::Duration};
 
 use jiff::{SignedDuration, Timestamp};
-use netlab::{Daemon, IFACE, Lab, SERVER_V4, delivered};
+use netlab::{Daemon, IFACE, Lab, SERVER_V4, delivered, serve::HealthCheck, wait_until};
 use serde_json::Value;
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
-}
 
 fn json(exit: &netlab::ChaosExit) -> Value {
     assert_eq!(exit.code, Some(0), "{} {}", exit.stdout, exit.stderr);
@@ -268,16 +255,7 @@ fn a_campaign_runs_its_plan_inside_its_window_only() {
         "{view}"
     );
     assert_eq!(view["started"], runs.len() as u64);
-    let metrics = Command::new("curl")
-        .args([
-            "-s",
-            "--unix-socket",
-            d.socket.to_str().unwrap(),
-            "http://chaos/metrics",
-        ])
-        .output()
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let metrics = d.metrics();
     assert!(
         metrics.lines().any(|l| l
             == format!(
@@ -295,56 +273,14 @@ fn a_campaign_runs_its_plan_inside_its_window_only() {
     );
 }
 
-/// A child process we started, ended (by its handle) when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A campaign's stop condition ends its running experiment within a second and the campaign
 /// with it; pause ends it too, and a bad campaign is refused whole with the field named.
 #[test]
 fn a_stop_condition_ends_the_campaign_and_pause_ends_its_experiment() {
     let labs = [Lab::new("campstop0"), Lab::new("campstop1")];
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("health"), "ok").unwrap();
-    let port = free_port();
-    let _http = Server(
-        Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .arg("--directory")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3"),
-    );
-    let url = format!("http://127.0.0.1:{port}/health");
-    wait_until("http.server up", Duration::from_secs(10), || {
-        Command::new("curl")
-            .args(["-sf", "--max-time", "1", &url])
-            .status()
-            .unwrap()
-            .success()
-    });
+    let health = HealthCheck::start();
+    let url = health.url.clone();
     let log = dir.path().join("audit.log");
     let d = Daemon::start(&["--audit-log", log.to_str().unwrap()]);
     // Always open; one long experiment on one target and port at a time.
@@ -408,10 +344,11 @@ every = "200ms"
     );
     json(&d.ctl(&["campaign", "resume", "guarded", "--output", "json"]));
     // The plan still counts the paused experiment until its planned end (every node's plan is
-    // the same, whatever happened here): the next one starts within its 4 s.
+    // the same, whatever happened here), and slots are decided 3 s ahead (the program loads
+    // meanwhile), so one paused slot can cost two 4 s turns: the next one starts within 11 s.
     wait_until(
         "faulting again after resume",
-        Duration::from_secs(7),
+        Duration::from_secs(12),
         || delivered(&labs[0], dst, 5) == 0,
     );
 
@@ -440,11 +377,11 @@ every = "200ms"
     assert_eq!(d.ctl(&["unhalt"]).code, Some(0));
     wait_until(
         "faulting again after unhalt",
-        Duration::from_secs(7),
+        Duration::from_secs(12),
         || delivered(&labs[0], dst, 5) == 0,
     );
 
-    std::fs::remove_file(dir.path().join("health")).unwrap();
+    health.fail();
     let took = wait_until(
         "the stop condition ends the campaign",
         Duration::from_secs(2),
@@ -481,16 +418,7 @@ every = "200ms"
         "{audit}"
     );
     assert!(audit.contains("answered 404"));
-    let metrics = Command::new("curl")
-        .args([
-            "-s",
-            "--unix-socket",
-            d.socket.to_str().unwrap(),
-            "http://chaos/metrics",
-        ])
-        .output()
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let metrics = d.metrics();
     assert!(
         metrics
             .lines()

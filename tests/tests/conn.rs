@@ -628,7 +628,7 @@ fn curl_against_a_real_http_server() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("python3 http.server");
-        servers.push(Server(child));
+        servers.push(netlab::serve::KillOnDrop(child));
     }
     // Wait for the servers: each answers a plain request first.
     for port in [8001, 8002, 8003, 8004] {
@@ -676,16 +676,6 @@ fn curl_against_a_real_http_server() {
     assert_eq!(field(&reports[1], "conns_hung"), 1);
     assert_eq!(field(&reports[2], "conns_reset"), 1);
     drop(servers);
-}
-
-/// Ends a server this test started, by its PID.
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
 }
 
 /// The daemon: an experiment that resets connections to one port mixes with one that drops

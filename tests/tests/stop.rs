@@ -4,57 +4,17 @@
 //! application: the faulted traffic flows again once a condition trips.
 
 use std::{
-    net::{SocketAddr, TcpListener},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    net::SocketAddr,
+    process::{Command, Stdio},
+    time::Duration,
 };
 
-use netlab::{Daemon, IFACE, Lab, SERVER_V4, delivered};
+use netlab::{
+    Daemon, IFACE, Lab, SERVER_V4, delivered,
+    serve::{HealthCheck, KillOnDrop, free_port, http_status},
+    wait_until,
+};
 use serde_json::{Value, json};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process we started, ended (by its handle) when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    start.elapsed()
-}
-
-fn http_status(url: &str) -> String {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "2",
-            url,
-        ])
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// `curl` over the daemon's socket: the answer's body.
 fn api(d: &Daemon, method: &str, path: &str, body: Option<&Value>) -> String {
@@ -89,28 +49,8 @@ fn guarded(lab: &Lab, name: &str, condition: Value) -> Value {
 fn an_http_check_that_fails_ends_the_experiment() {
     let lab = Lab::new("stophttp");
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("health"), "ok").unwrap();
-    let port = free_port();
-    let _http = Server(
-        Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .arg("--directory")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3"),
-    );
-    let url = format!("http://127.0.0.1:{port}/health");
-    wait_until("http.server up", Duration::from_secs(10), || {
-        http_status(&url) == "200"
-    });
+    let health = HealthCheck::start();
+    let url = health.url.clone();
     let log = dir.path().join("audit.log");
     let d = Daemon::start(&["--audit-log", log.to_str().unwrap()]);
     let dst: SocketAddr = (SERVER_V4, 9000).into();
@@ -132,7 +72,7 @@ fn an_http_check_that_fails_ends_the_experiment() {
         "faulted while the check passes"
     );
 
-    std::fs::remove_file(dir.path().join("health")).unwrap();
+    health.fail();
     let took = wait_until(
         "the experiment failed",
         every + Duration::from_secs(1),
@@ -152,7 +92,7 @@ fn an_http_check_that_fails_ends_the_experiment() {
     );
     let get = d.ctl(&["get", "guarded"]);
     assert!(get.stdout.contains(reason), "{}", get.stdout);
-    let metrics = api(&d, "GET", "/metrics", None);
+    let metrics = d.metrics();
     assert!(
         metrics
             .lines()
@@ -228,7 +168,7 @@ fn a_prometheus_query_over_its_threshold_ends_the_experiment() {
     )
     .unwrap();
     let d = Daemon::start(&["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]);
-    let _prometheus = Server(
+    let _prometheus = KillOnDrop(
         Command::new("prometheus")
             .arg(format!(
                 "--config.file={}",
