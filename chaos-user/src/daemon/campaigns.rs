@@ -299,17 +299,15 @@ impl Manager {
             };
             let (me, name) = (Arc::downgrade(self), name.clone());
             run.tasks.push(
+                // Aborted with the campaign: it only needs the daemon alive.
                 tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(probe.every);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    loop {
-                        tick.tick().await;
-                        let Some(me) = me.upgrade() else { return };
-                        if let Some(why) = probe.check().await {
-                            me.stop_campaign(&name, epoch, &format!("{field}: {why}"))
-                                .await;
-                            return;
-                        }
+                    if let Some(why) = probe
+                        .watch(|| std::future::ready(me.strong_count() > 0))
+                        .await
+                        && let Some(me) = me.upgrade()
+                    {
+                        me.stop_campaign(&name, epoch, &format!("{field}: {why}"))
+                            .await;
                     }
                 })
                 .abort_handle(),

@@ -171,6 +171,25 @@ impl StopCondition {
 }
 
 impl Probe {
+    /// Probes every `every` while `alive()` holds: why it tripped first, or `None` once what
+    /// it guards is gone.
+    pub async fn watch<F: Future<Output = bool>>(
+        &self,
+        mut alive: impl FnMut() -> F,
+    ) -> Option<String> {
+        let mut tick = tokio::time::interval(self.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !alive().await {
+                return None;
+            }
+            if let Some(why) = self.check().await {
+                return Some(why);
+            }
+        }
+    }
+
     /// One probe: why it tripped, or `None` when all is well.
     pub async fn check(&self) -> Option<String> {
         let unreachable = |e: String| (!self.fail_open).then(|| format!("unreachable: {e}"));

@@ -711,18 +711,19 @@ impl Manager {
             };
             let (me, name) = (Arc::downgrade(self), name.to_owned());
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(probe.every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let Some(me) = me.upgrade() else { return };
-                    if !me.watched(&name, epoch).await {
-                        return;
+                let alive = || {
+                    let (me, name) = (me.upgrade(), name.clone());
+                    async move {
+                        match me {
+                            Some(me) => me.watched(&name, epoch).await,
+                            None => false,
+                        }
                     }
-                    if let Some(why) = probe.check().await {
-                        me.trip(&name, epoch, &format!("{field}: {why}")).await;
-                        return;
-                    }
+                };
+                if let Some(why) = probe.watch(alive).await
+                    && let Some(me) = me.upgrade()
+                {
+                    me.trip(&name, epoch, &format!("{field}: {why}")).await;
                 }
             });
         }
