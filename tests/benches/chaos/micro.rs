@@ -163,6 +163,18 @@ struct Case {
     samples: Vec<(f64, f64)>,
 }
 
+/// The median over rounds of what `a` costs over `b`, each against its round's no-op: paired
+/// by round, so the machine's drift between rounds cancels.
+fn paired_delta(a: &Case, b: &Case) -> f64 {
+    let d: Vec<f64> = a
+        .samples
+        .iter()
+        .zip(&b.samples)
+        .map(|(x, y)| (x.0 - x.1) - (y.0 - y.1))
+        .collect();
+    median(&d)
+}
+
 pub fn run(ctx: &Ctx) -> Section {
     let mut section = Section::new("micro", "Micro: ns per packet in BPF_PROG_TEST_RUN");
     let repeat: u32 = ctx.scale(200_000, 20_000);
@@ -410,13 +422,7 @@ pub fn run(ctx: &Ctx) -> Section {
             case(false, true, 1, 1, Shape::Hosts, path),
             case(false, true, 1, 1, Shape::Hosts, base),
         );
-        let d: Vec<f64> = a
-            .samples
-            .iter()
-            .zip(&b.samples)
-            .map(|(x, y)| (x.0 - x.1) - (y.0 - y.1))
-            .collect();
-        (median(&d), summary(a).2, summary(b).2)
+        (paired_delta(a, b), summary(a).2, summary(b).2)
     };
     let (_, _, hit_delta) = find(false, 1, 1, Shape::Hosts, "hit-pass");
     section.target(
@@ -485,13 +491,7 @@ pub fn run(ctx: &Ctx) -> Section {
             case(false, false, 1, 1, Shape::Hosts, "hit-chance-seeded"),
             case(false, false, 1, 1, Shape::Hosts, "hit-chance"),
         );
-        let d: Vec<f64> = a
-            .samples
-            .iter()
-            .zip(&b.samples)
-            .map(|(x, y)| (x.0 - x.1) - (y.0 - y.1))
-            .collect();
-        median(&d)
+        paired_delta(a, b)
     };
     let (_, _, chance_d) = find(false, 1, 1, Shape::Hosts, "hit-chance");
     let (_, _, seeded_d) = find(false, 1, 1, Shape::Hosts, "hit-chance-seeded");
