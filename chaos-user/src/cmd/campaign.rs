@@ -6,7 +6,7 @@ use clap::Subcommand;
 use hyper::Method;
 use serde_json::{Value, json};
 
-use super::ctl::{Conn, print};
+use super::ctl::{Conn, print, show};
 use crate::client::Client;
 
 #[derive(Debug, Subcommand)]
@@ -52,17 +52,9 @@ pub enum CampaignCmd {
 
 pub async fn dispatch(command: CampaignCmd) -> Result<()> {
     match command {
-        CampaignCmd::List(conn) => {
-            let list = Client::new(&conn.socket)
-                .call(Method::GET, "/v1/campaigns", None)
-                .await?;
-            print(&conn, &list, || list_table(&list))
-        }
+        CampaignCmd::List(conn) => show(&conn, Method::GET, "/v1/campaigns", list_table).await,
         CampaignCmd::Get { name, conn } => {
-            let one = Client::new(&conn.socket)
-                .call(Method::GET, &format!("/v1/campaigns/{name}"), None)
-                .await?;
-            print(&conn, &one, || detail(&one))
+            show(&conn, Method::GET, &format!("/v1/campaigns/{name}"), detail).await
         }
         CampaignCmd::Plan { name, count, conn } => {
             let plan = Client::new(&conn.socket)
@@ -75,18 +67,22 @@ pub async fn dispatch(command: CampaignCmd) -> Result<()> {
             print(&conn, &plan, || slots_table(&plan))
         }
         CampaignCmd::Pause { name, conn } => {
-            let v = Client::new(&conn.socket)
-                .call(Method::POST, &format!("/v1/campaigns/{name}/pause"), None)
-                .await?;
-            print(&conn, &v, || {
-                format!("paused {name}: its experiments ended\n")
-            })
+            show(
+                &conn,
+                Method::POST,
+                &format!("/v1/campaigns/{name}/pause"),
+                |_| format!("paused {name}: its experiments ended\n"),
+            )
+            .await
         }
         CampaignCmd::Resume { name, conn } => {
-            let v = Client::new(&conn.socket)
-                .call(Method::POST, &format!("/v1/campaigns/{name}/resume"), None)
-                .await?;
-            print(&conn, &v, || format!("resumed {name}\n"))
+            show(
+                &conn,
+                Method::POST,
+                &format!("/v1/campaigns/{name}/resume"),
+                |_| format!("resumed {name}\n"),
+            )
+            .await
         }
         CampaignCmd::Delete { name, conn } => {
             Client::new(&conn.socket)

@@ -157,17 +157,15 @@ fn is_server_error(e: &ClientError) -> bool {
 async fn dispatch(command: Ctl) -> Result<()> {
     match command {
         Ctl::Apply(args) => apply(args).await,
-        Ctl::List(conn) => {
-            let list = Client::new(&conn.socket)
-                .call(Method::GET, "/v1/experiments", None)
-                .await?;
-            print(&conn, &list, || list_table(&list))
-        }
+        Ctl::List(conn) => show(&conn, Method::GET, "/v1/experiments", list_table).await,
         Ctl::Get { name, conn } => {
-            let one = Client::new(&conn.socket)
-                .call(Method::GET, &format!("/v1/experiments/{name}"), None)
-                .await?;
-            print(&conn, &one, || detail(&one))
+            show(
+                &conn,
+                Method::GET,
+                &format!("/v1/experiments/{name}"),
+                detail,
+            )
+            .await
         }
         Ctl::Delete { name, conn } => {
             Client::new(&conn.socket)
@@ -178,12 +176,10 @@ async fn dispatch(command: Ctl) -> Result<()> {
             })
         }
         Ctl::Pause(conn) => {
-            let s = Client::new(&conn.socket)
-                .call(Method::POST, "/v1/pause", None)
-                .await?;
-            print(&conn, &s, || {
+            show(&conn, Method::POST, "/v1/pause", |_| {
                 "paused: every fault is off until `chaos resume`\n".into()
             })
+            .await
         }
         Ctl::Halt { reason, conn } => {
             let body = json!({ "reason": reason });
@@ -195,25 +191,13 @@ async fn dispatch(command: Ctl) -> Result<()> {
             })
         }
         Ctl::Unhalt(conn) => {
-            let s = Client::new(&conn.socket)
-                .call(Method::POST, "/v1/unhalt", None)
-                .await?;
-            print(&conn, &s, || {
+            show(&conn, Method::POST, "/v1/unhalt", |_| {
                 "unhalted: experiments are accepted again\n".into()
             })
+            .await
         }
-        Ctl::History(conn) => {
-            let h = Client::new(&conn.socket)
-                .call(Method::GET, "/v1/history", None)
-                .await?;
-            print(&conn, &h, || history_table(&h))
-        }
-        Ctl::Resume(conn) => {
-            let s = Client::new(&conn.socket)
-                .call(Method::POST, "/v1/resume", None)
-                .await?;
-            print(&conn, &s, || "resumed\n".into())
-        }
+        Ctl::History(conn) => show(&conn, Method::GET, "/v1/history", history_table).await,
+        Ctl::Resume(conn) => show(&conn, Method::POST, "/v1/resume", |_| "resumed\n".into()).await,
         Ctl::Status { watch, conn } => status(&conn, watch).await,
         Ctl::Campaign(cmd) => super::campaign::dispatch(cmd).await,
     }
@@ -325,6 +309,17 @@ async fn status(conn: &Conn, watch: bool) -> Result<()> {
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
+}
+
+/// Calls the daemon without a body and prints its answer: as JSON, or as `text` makes it.
+pub(super) async fn show(
+    conn: &Conn,
+    method: Method,
+    path: &str,
+    text: impl FnOnce(&Value) -> String,
+) -> Result<()> {
+    let answer = Client::new(&conn.socket).call(method, path, None).await?;
+    print(conn, &answer, || text(&answer))
 }
 
 pub(super) fn print(conn: &Conn, value: &Value, text: impl FnOnce() -> String) -> Result<()> {
