@@ -186,6 +186,10 @@ pub struct Policy {
 
 pub struct Manager {
     state: Mutex<State>,
+    /// Held while a put loads a new target's program outside `state`, until it is in
+    /// `state.targets`: one worker per target, as dropping a second would restore the
+    /// interface under the first.
+    loading: Mutex<()>,
     policy: Policy,
     ports: Box<dyn Ports>,
     audit: Audit,
@@ -214,6 +218,7 @@ impl Manager {
     fn build(policy: Policy, ports: Box<dyn Ports>, audit: Audit) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State::default()),
+            loading: Mutex::new(()),
             policy,
             ports,
             audit,
@@ -304,6 +309,7 @@ impl Manager {
         // A new target's program is loaded and attached before the lock is taken: that takes
         // 0.5-2 s, in which other experiments' timers must still start and end on time.
         let target = target_of(&experiment);
+        let loading = self.loading.lock().await;
         let fresh = if self.state.lock().await.targets.contains_key(&target) {
             None
         } else {
@@ -331,8 +337,11 @@ impl Manager {
         };
         if let Some(worker) = fresh {
             if refused.is_some() || state.targets.contains_key(&target) {
-                // Unused: dropping it waits for its thread to detach, off the async threads.
-                tokio::task::spawn_blocking(move || drop(worker));
+                // Unused: gone (detached, restored) before another put may load one. Dropping
+                // it waits for its thread, off the async threads.
+                if let Err(e) = tokio::task::spawn_blocking(move || drop(worker)).await {
+                    warn!("stopping an unused worker: {e}");
+                }
             } else {
                 state.targets.insert(
                     target,
@@ -343,6 +352,7 @@ impl Manager {
                 );
             }
         }
+        drop(loading);
         if let Some(e) = refused {
             return Err(e);
         }
@@ -434,6 +444,8 @@ impl Manager {
             .map(|spec| self.admit(spec))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ApiError::Invalid)?;
+        // Its changes start workers under the state lock: not while a put loads one.
+        let _loading = self.loading.lock().await;
         let mut state = self.state.lock().await;
         if let Some(why) = &state.halted
             && !valid.is_empty()
